@@ -53,7 +53,8 @@ class Coupling(eqx.Module):
                            (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
         self.head, self.projection, self.n_trans = head, projection, n_trans
 
-    def _condition(self, cond, features):
+    def condition(self, cond, features=None):
+        """Reference vectors ``(m_t, n, n_vectors, d)`` and inner parameters ``(m_t, n, n_params)``."""
         n, dim = cond.shape[1], cond.shape[2]
         vectors, h = self.conditioner(jnp.swapaxes(cond, 0, 1), features)
         params = jax.vmap(self.head)(h).reshape(n, self.n_trans, self.projection.n_params)
@@ -61,7 +62,7 @@ class Coupling(eqx.Module):
         return jnp.swapaxes(vectors, 0, 1), jnp.swapaxes(params, 0, 1)  # (m_t, n, ...)
 
     def _apply(self, trans, cond, features, inverse):
-        vectors, params = self._condition(cond, features)
+        vectors, params = self.condition(cond, features)
         fn = self.projection.inverse if inverse else self.projection.forward
         per_point = jax.vmap(jax.vmap(fn, in_axes=(0, 0, 0, 0)), in_axes=(0, None, 0, 0))
         out, log_det = per_point(trans, cond[0], vectors, params)

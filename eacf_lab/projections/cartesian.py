@@ -37,12 +37,13 @@ class CartesianProjection(Projection):
     def n_params(self) -> int:
         return self.dim * n_inner_params(self.inner, self.n_bins)
 
-    def _frame(self, x_c, vectors):
+    def frame(self, x_c, vectors):
+        """Origin ``o: (dim,)`` and frame ``F: (dim, dim)`` (rows are the axes) for one node."""
         second = vectors[2] if self.dim == 3 else None
         return x_c + vectors[0], orthonormal_frame(vectors[1], second)
 
     def _apply(self, u, x_c, vectors, params, inverse):
-        origin, frame = self._frame(x_c, vectors)
+        origin, frame = self.frame(x_c, vectors)
         l, log_det = inner_elementwise(frame @ (u - origin), params, self.inner, self.r_max, inverse=inverse)
         return origin + frame.T @ l, log_det
 

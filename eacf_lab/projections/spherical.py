@@ -53,12 +53,13 @@ class SphericalProjection(Projection):
     def n_params(self) -> int:
         return self.dim * n_spline_params(self.n_bins)
 
-    def _frame(self, x_c, vectors):
+    def frame(self, x_c, vectors):
+        """Origin ``p_0: (dim,)`` and frame ``F: (dim, dim)`` (rows: x-, y-, z-axis) for one node."""
         origin = x_c + vectors[0]
         second = vectors[2] - vectors[0] if self.dim == 3 else None
         return origin, orthonormal_frame(vectors[1] - vectors[0], second)
 
-    def _to_spherical(self, l):
+    def to_spherical(self, l):
         """Local Cartesian ``l: (dim,)`` -> coordinates ``(dim,)`` and ``log(volume element)``."""
         r = safe_norm(l)
         if self.dim == 2:
@@ -69,7 +70,8 @@ class SphericalProjection(Projection):
         # r^2 sin(theta) = r * rho
         return jnp.stack([r, theta, phi]), jnp.log(r) + jnp.log(rho)
 
-    def _from_spherical(self, c):
+    def from_spherical(self, c):
+        """Coordinates ``(dim,)`` -> local Cartesian ``(dim,)`` and ``log(volume element)``."""
         r = c[0]
         log_r = jnp.log(jnp.maximum(r, _TINY))
         if self.dim == 2:
@@ -80,8 +82,8 @@ class SphericalProjection(Projection):
         return l, 2.0 * log_r + jnp.log(jnp.maximum(s, _TINY))
 
     def _apply(self, u, x_c, vectors, params, inverse):
-        origin, frame = self._frame(x_c, vectors)
-        c, log_vol_in = self._to_spherical(frame @ (u - origin))
+        origin, frame = self.frame(x_c, vectors)
+        c, log_vol_in = self.to_spherical(frame @ (u - origin))
         p = params.reshape(self.dim, -1)
         r, ld_r = rqs(c[0], p[0], 0.0, self.r_max, inverse=inverse)
         phi, ld_phi = rqs(c[-1], p[-1], -math.pi, math.pi, circular=True, inverse=inverse)
@@ -91,7 +93,7 @@ class SphericalProjection(Projection):
             parts.append(theta)
             log_det = log_det + ld_theta
         parts.append(phi)
-        l_new, log_vol_out = self._from_spherical(jnp.stack(parts))
+        l_new, log_vol_out = self.from_spherical(jnp.stack(parts))
         return origin + frame.T @ l_new, log_det + log_vol_out - log_vol_in
 
     def forward(self, u, x_c, vectors, params):
