@@ -23,6 +23,9 @@ REPORTS ?= build/test-reports
 PYTEST_ARGS ?=
 # Per-test limit (pytest-timeout), seconds; a hung test fails instead of eating the CI budget.
 PYTEST_TIMEOUT ?= 1800
+# Two test workers (pytest-xdist): XLA compiles on one thread, so two workers use both CPU
+# cores of a CI machine.  Notebooks are distributed whole (--dist loadfile: one kernel each).
+XDIST ?= -n 2
 PIP_ARGS ?=
 
 BIN := $(VENV)/bin
@@ -37,7 +40,8 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u 2>/dev/null)),--allow-root,)
 # NOTEBOOK TESTS: run by `make test` after the two unit passes, only when $(NB_DIR) holds at
 # least one .ipynb (skipped with a message otherwise).  Quick mode (EACF_LAB_QUICK=1) keeps
 # heavy cells short; --nbval-lax checks only cells marked `# NBVAL_CHECK_OUTPUT`.
-NB_PYTEST := EACF_LAB_QUICK=1 $(BIN)/pytest -q --nbval-lax --nbval-current-env \
+NB_PYTEST := EACF_LAB_QUICK=1 $(BIN)/pytest -q $(XDIST) --dist loadfile --nbval-lax --nbval-current-env \
+	--nbval-sanitize-with $(NB_DIR)/nbval_sanitize.cfg \
 	--timeout=$(PYTEST_TIMEOUT) --junitxml=$(REPORTS)/notebooks.xml $(NB_DIR)
 # ---------------------------------------------------------------------------------------------
 
@@ -107,12 +111,12 @@ lab: $(STAMP_LAB) $(OVERRIDES)
 test: $(STAMP_TEST) $(OVERRIDES)
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/*.xml
 	@echo "==> [1/3] float32 pass: pytest -q tests"
-	@$(BIN)/pytest -q --timeout=$(PYTEST_TIMEOUT) --junitxml=$(REPORTS)/float32.xml \
+	@$(BIN)/pytest -q $(XDIST) --timeout=$(PYTEST_TIMEOUT) --junitxml=$(REPORTS)/float32.xml \
 	  $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: float32 pass collected no tests" >&2; fi; \
 	if [ $$rc -ne 0 ]; then echo "FAILED: float32 pass (pytest exit $$rc)" >&2; fi; \
 	echo "==> [2/3] float64 pass: JAX_ENABLE_X64=1 pytest -q -m x64 tests"; \
-	JAX_ENABLE_X64=1 $(BIN)/pytest -q -m x64 --timeout=$(PYTEST_TIMEOUT) \
+	JAX_ENABLE_X64=1 $(BIN)/pytest -q -m x64 $(XDIST) --timeout=$(PYTEST_TIMEOUT) \
 	  --junitxml=$(REPORTS)/float64.xml $(PYTEST_ARGS) tests; rc64=$$?; \
 	if [ $$rc64 -eq 5 ]; then \
 	  if grep -rqE 'mark\.x64' tests --include='*.py' --exclude=conftest.py; then \

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from eacf_lab.egnn import EGNN
+from eacf_lab.nn import MLP
 from eacf_lab.projections import Projection
 from eacf_lab.transformer import Transformer
 
@@ -29,7 +30,7 @@ class Coupling(eqx.Module):
     """One coupling: conditioner + MLP head + projection.  See the module docstring."""
 
     conditioner: EGNN | Transformer
-    head: eqx.nn.MLP
+    head: MLP
     projection: Projection
     n_trans: int = eqx.field(static=True)
 
@@ -46,12 +47,9 @@ class Coupling(eqx.Module):
             self.conditioner = EGNN(n_cond, n_trans * projection.n_vectors, n_invariant, n_layers=egnn_layers,
                                     n_hidden=egnn_hidden, width=mlp_width, depth=mlp_depth,
                                     n_features=n_features, key=k1)
-        head = eqx.nn.MLP(n_invariant, n_trans * projection.n_params, mlp_width, mlp_depth,
-                          activation=jax.nn.silu, key=k2)
-        last = head.layers[-1]
-        head = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), head,
-                           (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
-        self.head, self.projection, self.n_trans = head, projection, n_trans
+        # Zero last layer: all inner parameters are 0 at initialisation -> identity coupling.
+        self.head = MLP(n_invariant, n_trans * projection.n_params, mlp_width, mlp_depth, key=k2, final_scale=0.0)
+        self.projection, self.n_trans = projection, n_trans
 
     def condition(self, cond, features=None):
         """Reference vectors ``(m_t, n, n_vectors, d)`` and inner parameters ``(m_t, n, n_params)``."""

@@ -28,16 +28,9 @@ import jax
 import jax.numpy as jnp
 
 from eacf_lab.geometry import safe_norm
+from eacf_lab.nn import MLP, Linear, numpy_rng
 
 __all__ = ["EGNN", "EGNNLayer"]
-
-
-def _mlp(in_size, out_size, width, depth, *, key, final_scale=1.0):
-    mlp = eqx.nn.MLP(in_size, out_size, width, depth, activation=jax.nn.silu, key=key)
-    if final_scale != 1.0:
-        mlp = eqx.tree_at(lambda m: m.layers[-1].weight, mlp, mlp.layers[-1].weight * final_scale)
-        mlp = eqx.tree_at(lambda m: m.layers[-1].bias, mlp, mlp.layers[-1].bias * final_scale)
-    return mlp
 
 
 def _pairwise(x):
@@ -51,18 +44,20 @@ def _pairwise(x):
 class EGNNLayer(eqx.Module):
     """One multi-channel EGNN layer mapping ``C_in`` to ``C_out`` vector channels."""
 
-    phi_e: eqx.nn.MLP
-    phi_x: eqx.nn.MLP
-    phi_h: eqx.nn.MLP
+    phi_e: MLP
+    phi_x: MLP
+    phi_h: MLP
     n_in: int = eqx.field(static=True)
     n_out: int = eqx.field(static=True)
 
-    def __init__(self, n_hidden, n_in, n_out, width, depth, *, key):
+    def __init__(self, n_hidden, n_in, n_out, width, depth, *, key, coord_scale=1e-3):
         k1, k2, k3 = jax.random.split(key, 3)
         n_inv = n_in * (n_in + 1) // 2
-        self.phi_e = _mlp(2 * n_hidden + n_inv, width, width, depth, key=k1)
-        self.phi_x = _mlp(width, n_out * n_in, width, depth, key=k2, final_scale=1e-3)
-        self.phi_h = _mlp(n_hidden + width, n_hidden, width, depth, key=k3)
+        self.phi_e = MLP(2 * n_hidden + n_inv, width, width, depth, key=k1)
+        # No initial bias in the coordinate head: a bias weights every neighbour alike, which
+        # makes all output vectors of a node parallel (degenerate frames) at initialisation.
+        self.phi_x = MLP(width, n_out * n_in, width, depth, key=k2, final_scale=coord_scale, zero_final_bias=True)
+        self.phi_h = MLP(n_hidden + width, n_hidden, width, depth, key=k3)
         self.n_in, self.n_out = n_in, n_out
 
     def __call__(self, h, x):
@@ -91,19 +86,21 @@ class EGNN(eqx.Module):
     """
 
     h0: jax.Array
-    feature_embed: eqx.nn.Linear | None
+    feature_embed: Linear | None
     layers: list[EGNNLayer]
     readout: EGNNLayer
-    out: eqx.nn.Linear
+    out: Linear
 
     def __init__(self, n_channels, n_vectors, n_invariant, *, n_layers=3, n_hidden=64, width=64, depth=2,
                  n_features=0, key):
         keys = jax.random.split(key, n_layers + 4)
-        self.h0 = jax.random.normal(keys[0], (n_hidden,)) * 0.1
-        self.feature_embed = eqx.nn.Linear(n_features, n_hidden, key=keys[1]) if n_features else None
+        self.h0 = jnp.asarray(numpy_rng(keys[0]).normal(0.0, 0.1, (n_hidden,)), dtype=jnp.zeros(()).dtype)
+        self.feature_embed = Linear(n_features, n_hidden, key=keys[1]) if n_features else None
         self.layers = [EGNNLayer(n_hidden, n_channels, n_channels, width, depth, key=k) for k in keys[4:]]
-        self.readout = EGNNLayer(n_hidden, n_channels, n_vectors, width, depth, key=keys[2])
-        self.out = eqx.nn.Linear(n_hidden, n_invariant, key=keys[3])
+        # The read-out layer produces the reference vectors: ordinary (not tiny) initial scale,
+        # so frames built from them are well conditioned from the first step.
+        self.readout = EGNNLayer(n_hidden, n_channels, n_vectors, width, depth, key=keys[2], coord_scale=1.0)
+        self.out = Linear(n_hidden, n_invariant, key=keys[3])
 
     def __call__(self, x, features=None):
         n = x.shape[0]

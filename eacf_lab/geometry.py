@@ -109,12 +109,15 @@ def random_permutation(key: jax.Array, n_nodes: int) -> jax.Array:
     return jax.random.permutation(key, n_nodes)
 
 
-def safe_norm(v: jax.Array, axis: int = -1, keepdims: bool = False, eps: float = 1e-12) -> jax.Array:
+def safe_norm(v: jax.Array, axis: int = -1, keepdims: bool = False, eps: float = 1e-30) -> jax.Array:
     """Euclidean norm with finite gradients at zero (the double-``where`` trick).
 
     For ``|v|^2 > eps`` this is exactly ``|v|``; below, it returns ``sqrt(eps)`` with zero
     gradient.  A zero vector therefore has a tiny norm, never the "norm of 1" that the
     published code returns (which silently turns a degenerate frame into a zero matrix).
+    ``eps`` is far below any vector the flow meets (float32 resolves squared norms down to
+    ~1e-38), so ``v / safe_norm(v)`` is an exact unit vector for every non-zero ``v`` and
+    frames stay orthonormal even when the reference vectors are tiny.
     """
     sq = jnp.sum(v**2, axis=axis, keepdims=keepdims)
     ok = sq > eps

@@ -1,7 +1,8 @@
 """Elementwise (inner) bijections: rational-quadratic splines and the affine map.
 
 * Rational-quadratic spline (RQS): Durkan et al., "Neural Spline Flows", NeurIPS 2019,
-  Eq. 4; on an interval ``[lo, hi]`` with ``n_bins`` bins, linear tails outside.
+  Eq. 4; on an interval ``[lo, hi]`` with ``n_bins`` bins; outside it continues linearly
+  with the slope of the end knot (identity slope only at initialisation).
   We use ``distrax.RationalQuadraticSpline``.  Its unconstrained parameters have length
   ``3 * n_bins + 1`` (widths, heights, knot slopes); **all-zero parameters give the
   identity** (equal bins and unit slopes), which is how every coupling starts.
@@ -45,11 +46,12 @@ def rqs(
     min_bin_size: float = 1e-4,
     min_knot_slope: float = 1e-4,
 ) -> tuple[jax.Array, jax.Array]:
-    """Rational-quadratic spline on ``[lo, hi]`` (identity-slope linear tails outside).
+    """Rational-quadratic spline on ``[lo, hi]`` (linear outside, with the end knots' slopes).
 
     Arguments:
         x: ``(...)`` values to transform.
-        params: ``(..., 3 * n_bins + 1)`` unconstrained parameters (zeros -> identity).
+        params: ``(..., 3 * n_bins + 1)`` unconstrained parameters (zeros -> identity);
+            broadcast against ``x`` (one parameter vector may serve a whole array).
         lo, hi: the interval; ``lo`` and ``hi`` are fixed points of the spline.
         circular: tie the boundary slopes (circular spline for angles).
         inverse: apply the inverse map instead.
@@ -57,6 +59,8 @@ def rqs(
     Returns:
         ``(y, log_det)``, both of shape ``(...)``.
     """
+    x = jnp.asarray(x)
+    params = jnp.broadcast_to(params, x.shape + params.shape[-1:])
     boundary = "circular" if circular else "unconstrained"
     bij = distrax.RationalQuadraticSpline(
         params,

@@ -16,42 +16,44 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from eacf_lab.nn import MLP, Linear, SelfAttention
+
 __all__ = ["Transformer"]
 
 
 class _Block(eqx.Module):
     norm1: eqx.nn.LayerNorm
-    attn: eqx.nn.MultiheadAttention
+    attn: SelfAttention
     norm2: eqx.nn.LayerNorm
-    mlp: eqx.nn.MLP
+    mlp: MLP
 
     def __init__(self, size, n_heads, width, *, key):
         k1, k2 = jax.random.split(key)
         self.norm1 = eqx.nn.LayerNorm(size)
-        self.attn = eqx.nn.MultiheadAttention(n_heads, size, key=k1)
+        self.attn = SelfAttention(size, n_heads, key=k1)
         self.norm2 = eqx.nn.LayerNorm(size)
-        self.mlp = eqx.nn.MLP(size, size, width, 1, activation=jax.nn.silu, key=k2)
+        self.mlp = MLP(size, size, width, 1, key=k2)
 
     def __call__(self, h):
         z = jax.vmap(self.norm1)(h)
-        h = h + self.attn(z, z, z)
+        h = h + self.attn(z)
         return h + jax.vmap(self.mlp)(jax.vmap(self.norm2)(h))
 
 
 class Transformer(eqx.Module):
     """Transformer conditioner for the Non-E-ACF; see the module docstring."""
 
-    embed: eqx.nn.Linear
+    embed: Linear
     blocks: list[_Block]
-    out: eqx.nn.Linear
+    out: Linear
     dim: int = eqx.field(static=True)
 
     def __init__(self, n_channels, dim, n_invariant, *, n_layers=3, size=64, n_heads=4, width=64,
                  n_features=0, key):
         keys = jax.random.split(key, n_layers + 2)
-        self.embed = eqx.nn.Linear(n_channels * dim + n_features, size, key=keys[0])
+        self.embed = Linear(n_channels * dim + n_features, size, key=keys[0])
         self.blocks = [_Block(size, n_heads, width, key=k) for k in keys[2:]]
-        self.out = eqx.nn.Linear(size, n_invariant, key=keys[1])
+        self.out = Linear(size, n_invariant, key=keys[1])
         self.dim = dim
 
     def __call__(self, x, features=None):

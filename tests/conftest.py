@@ -12,8 +12,15 @@ x64 is a global switch, so float64 tests run in a separate pytest process:
 JAX reads ``JAX_ENABLE_X64`` itself at import; nothing here sets ``jax_enable_x64``.
 """
 
-import jax
-import pytest
+import os
+
+# Compile faster in tests: the XLA CPU backend's LLVM optimisation passes dominate compile
+# time for these small graphs, and the tests check correctness, not speed.  (Set before
+# jax is imported; an XLA_FLAGS from the environment wins.)
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_debug_nans", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -46,6 +46,10 @@ def orthonormal_frame(e1: jax.Array, e2: jax.Array | None = None) -> jax.Array:
     if dim == 2:
         return jnp.stack([a1, jnp.stack([-a1[1], a1[0]])])
     a2 = normalize(e2 - jnp.dot(e2, a1) * a1)
+    # Second Gram-Schmidt pass ("twice is enough"): when e1 and e2 are nearly collinear one
+    # pass leaves an O(eps / sin angle) overlap in float32; the second removes it, so F stays
+    # orthonormal to round-off and the frame contributes exactly zero log-det.
+    a2 = normalize(a2 - jnp.dot(a2, a1) * a1)
     a3 = jnp.cross(a1, a2)
     return jnp.stack([a1, a2, a3])
 

@@ -1,0 +1,18 @@
+"""Figures and widgets for the notebooks (plotly + ipywidgets); presentation only.
+
+Submodules are imported explicitly, so ``import eacf_lab`` never pulls in plotly or
+ipywidgets:
+
+    from eacf_lab.viz import points, widgets
+    fig = points.point_cloud_figure({"x": x}, frames={"node 0": (origin, F)})
+    box = widgets.slider_figure(make_figure, widgets.rotation_sliders(3))
+
+* ``points``   -- point clouds in 2D/3D, reference frames as arrows, spline curves with
+  their knots, line plots (e.g. an estimator against the number of samples);
+* ``widgets``  -- rotation sliders (Euler angles -> rotation matrix) and a slider-driven
+  figure that redraws a plain ``plotly`` figure on every change;
+* ``histograms`` -- distance / energy histograms (training notebooks).
+
+Every function here only *draws* what the library computed; none of them computes a flow,
+a frame or a spline itself (that would be a second copy of library code).
+"""

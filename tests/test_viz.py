@@ -1,0 +1,89 @@
+"""eacf_lab.viz: figures carry the expected traces; widgets build and redraw (no browser needed)."""
+
+import jax.numpy as jnp
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+import eacf_lab as el
+from eacf_lab.viz import points, widgets
+
+
+def test_point_cloud_figure_3d_with_frames():
+    x = np.arange(15.0).reshape(5, 3)
+    frame = (np.zeros(3), np.eye(3))
+    fig = points.point_cloud_figure({"x": x, "u": x + 1}, frames={"node 0": frame}, axis_range=4)
+    assert isinstance(fig, go.Figure)
+    kinds = [type(t).__name__ for t in fig.data]
+    assert kinds == ["Scatter3d"] * 5  # two clouds + three axes
+    assert [t.name for t in fig.data[2:]] == ["node 0 axis x", "node 0 axis y", "node 0 axis z"]
+    np.testing.assert_allclose(fig.data[0].x, x[:, 0])
+    np.testing.assert_allclose([fig.data[3].x[1], fig.data[3].y[1], fig.data[3].z[1]], [0, 1, 0])
+    assert fig.layout.scene.xaxis.range == (-4, 4)
+
+
+def test_point_cloud_figure_2d_and_bad_shapes():
+    fig = points.point_cloud_figure({"x": jnp.ones((4, 2))}, frames={"f": (np.zeros(2), np.eye(2))})
+    assert [type(t).__name__ for t in fig.data] == ["Scatter"] * 3
+    with pytest.raises(ValueError, match="n_nodes, dim"):
+        points.point_cloud_figure({"x": np.ones((4, 5))})
+    with pytest.raises(ValueError, match="same dim"):
+        points.point_cloud_figure({"a": np.ones((4, 2)), "b": np.ones((4, 3))})
+    with pytest.raises(ValueError, match="frame"):
+        points.frame_traces(np.zeros(3), np.eye(2))
+
+
+@pytest.mark.parametrize("circular", [False, True])
+def test_spline_knots_and_figure(circular):
+    k = 4
+    params = jnp.linspace(-1.0, 1.0, 3 * k + 1)
+    kx, ky, ks = points.spline_knots(params, -3.0, 3.0, circular=circular)
+    assert kx.shape == ky.shape == ks.shape == (k + 1,)
+    np.testing.assert_allclose([kx[0], kx[-1], ky[0], ky[-1]], [-3, 3, -3, 3], atol=1e-5)
+    assert np.all(np.diff(kx) > 0) and np.all(np.diff(ky) > 0) and np.all(ks > 0)
+    if circular:
+        assert ks[0] == pytest.approx(ks[-1])
+    # The knots lie on the library's spline.
+    inner = jnp.asarray(kx[1:-1])
+    y, _ = el.splines.rqs(inner, jnp.broadcast_to(params, inner.shape + params.shape), -3.0, 3.0, circular=circular)
+    np.testing.assert_allclose(y, ky[1:-1], atol=1e-4)
+    grid = np.linspace(-4, 4, 50)
+    fig = points.spline_figure(grid, grid, knots=(kx, ky, ks), lo=-3, hi=3)
+    assert [t.name for t in fig.data] == ["identity", "spline", "knots", "knot slopes"]
+    assert len(fig.layout.shapes) == 1
+
+
+def test_line_figure():
+    fig = points.line_figure([1, 2, 4], {"a": [1, 2, 3], "b": [3, 2, 1]}, errors={"a": [0.1, 0.1, 0.1]}, log_x=True)
+    assert [t.name for t in fig.data] == ["a", "b"]
+    assert fig.data[0].error_y.array is not None and fig.layout.xaxis.type == "log"
+    with pytest.raises(ValueError, match="shape"):
+        points.line_figure([1, 2], {"a": [1, 2, 3]})
+
+
+def test_rotations_are_rotations():
+    for r in (widgets.euler_rotation(30, 60, -45), widgets.planar_rotation(37)):
+        np.testing.assert_allclose(r @ r.T, np.eye(len(r)), atol=1e-12)
+        assert np.linalg.det(r) == pytest.approx(1.0)
+    np.testing.assert_allclose(widgets.euler_rotation(90, 0, 0) @ [1, 0, 0], [0, 1, 0], atol=1e-12)
+    np.testing.assert_allclose(widgets.rotation_from_angles(3), np.eye(3))
+    with pytest.raises(ValueError):
+        widgets.rotation_from_angles(4)
+
+
+def test_slider_figure_redraws():
+    pytest.importorskip("ipywidgets")
+    calls = []
+
+    def make(theta):
+        calls.append(theta)
+        x = np.array([[1.0, 0.0], [-1.0, 0.0]]) @ widgets.planar_rotation(theta).T
+        return points.point_cloud_figure({"x": x})
+
+    controls = widgets.rotation_sliders(2)
+    box = widgets.slider_figure(make, controls)
+    assert calls == [0.0]
+    controls["theta"].value = 45.0
+    assert calls == [0.0, 45.0]
+    assert box.output is box.children[-1] and set(box.controls) == {"theta"}
+    assert set(widgets.rotation_sliders(3)) == {"alpha", "beta", "gamma"}
