@@ -32,11 +32,12 @@ import math
 import os
 import platform
 import struct
-import tempfile
 
 import equinox as eqx
 import jax
 import numpy as np
+
+from eacf_lab.atomic import atomic_write
 
 __all__ = ["save", "load", "peek", "MAGIC", "FORMAT_VERSION"]
 
@@ -167,26 +168,7 @@ def save(path, flow, config, metrics=None, *, train_state=None, allow_nan: bool 
     hbytes = json.dumps(header, allow_nan=False, separators=(",", ":")).encode("utf-8")
     blob = MAGIC + struct.pack("<Q", len(hbytes)) + hashlib.sha256(hbytes).digest() + hbytes + payload
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable (POSIX); harmless to skip elsewhere
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(path, blob)
 
 
 def _read(path):

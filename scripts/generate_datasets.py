@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eacf_lab import data, targets  # noqa: E402
+from eacf_lab.atomic import atomic_write  # noqa: E402
 from eacf_lab.mcmc import integrated_autocorr_time, run_chains  # noqa: E402
 
 SETTINGS = {
@@ -124,31 +123,13 @@ def generate(name: str, seed: int = 0, quick: bool = False):
     return splits, info
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temp file in ``path``'s folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; shipped files should be readable
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write(splits: dict, info: dict, out: Path) -> None:
     """Write ``<name>.npz`` (compressed) and ``<name>.json`` atomically into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     name = info["name"]
-    _atomic_write(out / f"{name}.npz", lambda f: np.savez_compressed(f, **splits))
+    atomic_write(out / f"{name}.npz", lambda f: np.savez_compressed(f, **splits))
     text = json.dumps(info, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / f"{name}.json", lambda f: f.write(text.encode()))
+    atomic_write(out / f"{name}.json", lambda f: f.write(text.encode()))
 
 
 def main(argv=None) -> int:
