@@ -1,5 +1,6 @@
-"""Training utilities: the robust optimizer of App. C.1 (more to come)."""
+"""Training: the robust optimizer of App. C.1 and maximum-likelihood training (``ml.fit``)."""
 
+from .ml import PUBLISHED, fit, joint_nll, make_optimizer
 from .optim import (
     SkipClipState,
     mask_bad_examples,
@@ -9,7 +10,11 @@ from .optim import (
 )
 
 __all__ = [
+    "PUBLISHED",
     "SkipClipState",
+    "fit",
+    "joint_nll",
+    "make_optimizer",
     "mask_bad_examples",
     "robust_adam",
     "skip_and_clip_by_norm_window",
