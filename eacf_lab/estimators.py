@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from eacf_lab import checks
 
 __all__ = ["marginal_log_prob", "reverse_ess", "forward_ess"]
 
@@ -33,8 +32,7 @@ def marginal_log_prob(flow, x, key, n_samples: int = 20):
     """
     if not isinstance(n_samples, int) or n_samples < 1:
         raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-    checks.check_shape(x, (flow.n_nodes, flow.dim), "x")
-    flow._check(x, jnp.zeros((flow.n_aug,) + x.shape, x.dtype))
+    flow.check_inputs(x, jnp.zeros((flow.n_aug, flow.n_nodes, flow.dim), jnp.asarray(x).dtype))
     keys = jax.random.split(key, n_samples)
     a = jax.vmap(flow.sample_aug, in_axes=(0, None))(keys, x)
     log_w = jax.vmap(flow.log_prob, in_axes=(None, 0))(x, a) - jax.vmap(flow.aug_target_log_prob, in_axes=(None, 0))(x, a)

@@ -147,7 +147,8 @@ class AugmentedFlow(eqx.Module):
         return z_x, sample_aug_gaussian(k2, z_x, self.n_aug, self.eta)
 
     # ---- checks ----------------------------------------------------------------------------
-    def _check(self, x, a, zero_com=True):
+    def check_inputs(self, x, a, zero_com=True):
+        """Raise a one-line ``ValueError`` unless ``x: (n, d)`` (zero-CoM) and ``a: (k, n, d)`` are valid."""
         n, d, k = self.n_nodes, self.dim, self.n_aug
         checks.check_shape(x, (n, d), "x")
         checks.check_shape(a, (k, n, d), "a")
@@ -159,19 +160,19 @@ class AugmentedFlow(eqx.Module):
     # ---- public API ------------------------------------------------------------------------
     def forward(self, z_x, z_a):
         """Base -> data. ``z_x: (n, d)`` zero-CoM, ``z_a: (k, n, d)`` -> ``(x, a, log|det J|)``."""
-        self._check(z_x, z_a)
+        self.check_inputs(z_x, z_a)
         X, ld, _ = self._run(jnp.concatenate([remove_com(z_x)[None], z_a]), inverse=False)
         return X[0], X[1:], ld
 
     def inverse(self, x, a):
         """Data -> base. ``x: (n, d)`` zero-CoM, ``a: (k, n, d)`` -> ``(z_x, z_a, log|det J_inv|)``."""
-        self._check(x, a)
+        self.check_inputs(x, a)
         X, ld, _ = self._run(jnp.concatenate([remove_com(x)[None], a]), inverse=True)
         return X[0], X[1:], ld
 
     def log_prob_and_aux(self, x, a):
         """``(log q(x, a), collinearity aux loss)`` (Alg. 2)."""
-        self._check(x, a)
+        self.check_inputs(x, a)
         com = jnp.mean(x, axis=0)[None, None, :]
         X = jnp.concatenate([x[None], a]) - com  # Alg. 2, line 1: subtract x's CoM everywhere
         Z, ld, aux = self._run(X, inverse=True)
@@ -197,7 +198,7 @@ class AugmentedFlow(eqx.Module):
 
     def aug_target_log_prob(self, x, a):
         """``log pi(a | x) = sum_i log N(a_i; x, eta^2 I)``."""
-        self._check(x, a, zero_com=False)
+        self.check_inputs(x, a, zero_com=False)
         return aug_gaussian_log_prob(a, x, self.eta)
 
     def sample_aug(self, key, x):
