@@ -61,7 +61,7 @@ class Coupling(eqx.Module):
 
     def _apply(self, trans, cond, features, inverse):
         vectors, params = self.condition(cond, features)
-        fn = self.projection.inverse if inverse else self.projection.forward
+        fn = lambda u, x_c, v, p: self.projection.transform(u, x_c, v, p, inverse)  # noqa: E731
         per_point = jax.vmap(jax.vmap(fn, in_axes=(0, 0, 0, 0)), in_axes=(0, None, 0, 0))
         out, log_det = per_point(trans, cond[0], vectors, params)
         aux = jnp.mean(jax.vmap(jax.vmap(self.projection.aux_loss))(vectors)) if self.projection.n_vectors else 0.0

@@ -38,12 +38,16 @@ class Projection(eqx.Module):
         """Number of inner-bijection parameters per node."""
 
     @abc.abstractmethod
+    def transform(self, u, x_c, vectors, params, inverse: bool) -> tuple[jax.Array, jax.Array]:
+        """The map (``inverse=False``) or its inverse, with the log-det of whichever is applied."""
+
     def forward(self, u, x_c, vectors, params) -> tuple[jax.Array, jax.Array]:
         """``u: (dim,) -> (u': (dim,), log_det: ())``."""
+        return self.transform(u, x_c, vectors, params, inverse=False)
 
-    @abc.abstractmethod
     def inverse(self, u, x_c, vectors, params) -> tuple[jax.Array, jax.Array]:
         """Inverse of ``forward``; returns the log-det of the inverse map."""
+        return self.transform(u, x_c, vectors, params, inverse=True)
 
     def aux_loss(self, vectors: jax.Array) -> jax.Array:
         """Collinearity penalty on ``vectors: (n_vectors, dim)`` (0 unless overridden)."""

@@ -42,16 +42,10 @@ class CartesianProjection(Projection):
         second = vectors[2] if self.dim == 3 else None
         return x_c + vectors[0], orthonormal_frame(vectors[1], second)
 
-    def _apply(self, u, x_c, vectors, params, inverse):
+    def transform(self, u, x_c, vectors, params, inverse):
         origin, frame = self.frame(x_c, vectors)
         l, log_det = inner_elementwise(frame @ (u - origin), params, self.inner, self.r_max, inverse=inverse)
         return origin + frame.T @ l, log_det
-
-    def forward(self, u, x_c, vectors, params):
-        return self._apply(u, x_c, vectors, params, inverse=False)
-
-    def inverse(self, u, x_c, vectors, params):
-        return self._apply(u, x_c, vectors, params, inverse=True)
 
     def aux_loss(self, vectors):
         if self.dim == 2:

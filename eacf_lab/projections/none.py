@@ -32,10 +32,6 @@ class NoProjection(Projection):
     def n_params(self) -> int:
         return self.dim * n_inner_params(self.inner, self.n_bins)
 
-    def forward(self, u, x_c, vectors, params):
-        l, log_det = inner_elementwise(u - x_c, params, self.inner, self.r_max)
-        return x_c + l, log_det
-
-    def inverse(self, u, x_c, vectors, params):
-        l, log_det = inner_elementwise(u - x_c, params, self.inner, self.r_max, inverse=True)
+    def transform(self, u, x_c, vectors, params, inverse):
+        l, log_det = inner_elementwise(u - x_c, params, self.inner, self.r_max, inverse=inverse)
         return x_c + l, log_det

@@ -81,7 +81,7 @@ class SphericalProjection(Projection):
         l = r * jnp.stack([s * jnp.cos(phi), s * jnp.sin(phi), jnp.cos(theta)])
         return l, 2.0 * log_r + jnp.log(jnp.maximum(s, _TINY))
 
-    def _apply(self, u, x_c, vectors, params, inverse):
+    def transform(self, u, x_c, vectors, params, inverse):
         origin, frame = self.frame(x_c, vectors)
         c, log_vol_in = self.to_spherical(frame @ (u - origin))
         p = params.reshape(self.dim, -1)
@@ -95,12 +95,6 @@ class SphericalProjection(Projection):
         parts.append(phi)
         l_new, log_vol_out = self.from_spherical(jnp.stack(parts))
         return origin + frame.T @ l_new, log_det + log_vol_out - log_vol_in
-
-    def forward(self, u, x_c, vectors, params):
-        return self._apply(u, x_c, vectors, params, inverse=False)
-
-    def inverse(self, u, x_c, vectors, params):
-        return self._apply(u, x_c, vectors, params, inverse=True)
 
     def aux_loss(self, vectors):
         if self.dim == 2:

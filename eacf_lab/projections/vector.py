@@ -47,18 +47,11 @@ class VectorProjection(Projection):
         log_ratio = jnp.log(jnp.maximum(r_new, _TINY)) - jnp.log(r)
         return p + w * (r_new / r), ld + (self.dim - 1) * log_ratio
 
-    def forward(self, u, x_c, vectors, params):
+    def transform(self, u, x_c, vectors, params, inverse):
         p = params.reshape(self.dim, -1)
         log_det = jnp.zeros((), u.dtype)
-        for i in range(self.dim):
-            u, ld = self._radial(u, x_c + vectors[i], p[i], inverse=False)
-            log_det = log_det + ld
-        return u, log_det
-
-    def inverse(self, u, x_c, vectors, params):
-        p = params.reshape(self.dim, -1)
-        log_det = jnp.zeros((), u.dtype)
-        for i in reversed(range(self.dim)):
-            u, ld = self._radial(u, x_c + vectors[i], p[i], inverse=True)
+        order = reversed(range(self.dim)) if inverse else range(self.dim)  # inverse: undo last first
+        for i in order:
+            u, ld = self._radial(u, x_c + vectors[i], p[i], inverse=inverse)
             log_det = log_det + ld
         return u, log_det
