@@ -45,6 +45,17 @@ NB_PYTEST := EACF_LAB_QUICK=1 $(BIN)/pytest -q $(XDIST) --dist loadfile --nbval-
 	--timeout=$(PYTEST_TIMEOUT) --junitxml=$(REPORTS)/notebooks.xml $(NB_DIR)
 # ---------------------------------------------------------------------------------------------
 
+# ---- Browser pass --------------------------------------------------------------------------
+# BROWSER TESTS (tests/browser, marked `browser`): every notebook, Run All in JupyterLab driven by
+# headless Chromium (/usr/bin/chromium, Playwright), in quick mode; checks rendering (widgets,
+# plotly, nglview) and console errors.  Not under xdist: one server and one browser run the
+# notebooks in parallel pages themselves (EACF_LAB_BROWSER_PARALLEL, default 2).  Skipped with a
+# loud message when no chromium is installed.  Screenshots: artifacts/browser/.
+BROWSER_TESTS := tests/browser
+BROWSER_PYTEST := EACF_LAB_QUICK=1 $(BIN)/pytest -q -p no:xdist --timeout=$(PYTEST_TIMEOUT) \
+	--junitxml=$(REPORTS)/browser.xml $(BROWSER_TESTS)
+# ---------------------------------------------------------------------------------------------
+
 .PHONY: help lab test venv install clean distclean
 
 help:
@@ -56,6 +67,7 @@ help:
 	@echo "                  1. float32 pass:  pytest -q tests"
 	@echo "                  2. float64 pass:  JAX_ENABLE_X64=1 pytest -q -m x64 tests"
 	@echo "                  3. notebooks:     pytest --nbval-lax $(NB_DIR)/ (when any .ipynb exists)"
+	@echo "                  4. browser:       pytest $(BROWSER_TESTS) (notebooks in headless Chromium)"
 	@echo "  make venv     only create $(VENV)"
 	@echo "  make install  only install .[lab] into $(VENV)"
 	@echo "  make clean    remove caches, build outputs and test reports (keeps $(VENV))"
@@ -110,14 +122,14 @@ lab: $(STAMP_LAB) $(OVERRIDES)
 # Pass 2 (float64) may find no x64-marked test only if none is declared anywhere in tests/.
 test: $(STAMP_TEST) $(OVERRIDES)
 	@mkdir -p $(REPORTS) && rm -f $(REPORTS)/*.xml
-	@echo "==> [1/3] float32 pass: pytest -q tests"
+	@echo "==> [1/4] float32 pass: pytest -q tests"
 	@$(BIN)/pytest -q $(XDIST) --timeout=$(PYTEST_TIMEOUT) --junitxml=$(REPORTS)/float32.xml \
-	  $(PYTEST_ARGS) tests; rc=$$?; \
+	  --ignore=$(BROWSER_TESTS) $(PYTEST_ARGS) tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: float32 pass collected no tests" >&2; fi; \
 	if [ $$rc -ne 0 ]; then echo "FAILED: float32 pass (pytest exit $$rc)" >&2; fi; \
-	echo "==> [2/3] float64 pass: JAX_ENABLE_X64=1 pytest -q -m x64 tests"; \
+	echo "==> [2/4] float64 pass: JAX_ENABLE_X64=1 pytest -q -m x64 tests"; \
 	JAX_ENABLE_X64=1 $(BIN)/pytest -q -m x64 $(XDIST) --timeout=$(PYTEST_TIMEOUT) \
-	  --junitxml=$(REPORTS)/float64.xml $(PYTEST_ARGS) tests; rc64=$$?; \
+	  --junitxml=$(REPORTS)/float64.xml --ignore=$(BROWSER_TESTS) $(PYTEST_ARGS) tests; rc64=$$?; \
 	if [ $$rc64 -eq 5 ]; then \
 	  if grep -rqE 'mark\.x64' tests --include='*.py' --exclude=conftest.py; then \
 	    echo "error: tests declare x64 marks, yet the float64 pass collected none" >&2; \
@@ -126,11 +138,14 @@ test: $(STAMP_TEST) $(OVERRIDES)
 	if [ $$rc64 -ne 0 ]; then echo "FAILED: float64 pass (pytest exit $$rc64)" >&2; fi; \
 	rcnb=0; \
 	if [ -n "$$(find $(NB_DIR) -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' 2>/dev/null | head -n 1)" ]; then \
-	  echo "==> [3/3] notebooks: pytest --nbval-lax $(NB_DIR)/"; \
+	  echo "==> [3/4] notebooks: pytest --nbval-lax $(NB_DIR)/"; \
 	  $(NB_PYTEST); rcnb=$$?; \
 	  if [ $$rcnb -ne 0 ]; then echo "FAILED: notebook pass (pytest exit $$rcnb)" >&2; fi; \
-	else echo "==> [3/3] notebooks: none in $(NB_DIR)/ yet, skipped"; fi; \
-	if [ $$rc -ne 0 ] || [ $$rc64 -ne 0 ] || [ $$rcnb -ne 0 ]; then exit 1; fi; \
+	else echo "==> [3/4] notebooks: none in $(NB_DIR)/ yet, skipped"; fi; \
+	echo "==> [4/4] browser: pytest $(BROWSER_TESTS) (Run All in headless Chromium)"; \
+	$(BROWSER_PYTEST); rcbr=$$?; \
+	if [ $$rcbr -ne 0 ]; then echo "FAILED: browser pass (pytest exit $$rcbr)" >&2; fi; \
+	if [ $$rc -ne 0 ] || [ $$rc64 -ne 0 ] || [ $$rcnb -ne 0 ] || [ $$rcbr -ne 0 ]; then exit 1; fi; \
 	echo "==> all test passes succeeded (JUnit reports in $(REPORTS)/)"
 
 clean:

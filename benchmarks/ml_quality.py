@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -32,16 +31,13 @@ from eacf_lab import data, make_flow, targets
 from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import write_results  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
 PUBLISHED_NLL = {("dw4", "spherical"): 8.61, ("dw4", "vector"): 8.69, ("dw4", "cartesian"): 8.82, ("dw4", "none"): 10.07,
                  ("lj13", "vector"): 30.19, ("lj13", "spherical"): 30.33, ("lj13", "cartesian"): 30.89, ("lj13", "none"): 33.32}
-
-
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
 
 
 def run_one(target, projection, seed, args) -> dict:
@@ -100,22 +96,29 @@ def main(argv=None):
     p.add_argument("--n-samples", type=int, default=10_000, help="flow samples for ESS / log Z")
     p.add_argument("--smoke", action="store_true", help="tiny flows, 1 epoch on 64 points: seconds")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
+    p.add_argument("--resume", action="store_true", help="keep runs already in the results file; skip them")
     args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    name = "ml_quality_smoke" if args.smoke else "ml_quality"
+    path = os.path.join(args.out, f"{name}.json")
     runs = []
+    if args.resume and os.path.exists(path):
+        with open(path) as f:
+            runs = json.load(f)["runs"]
+    done = {(r["target"], r["projection"], r["seed"]) for r in runs}
     for t in args.targets:
         for proj in args.projections:
             for seed in args.seeds:
+                if (t, proj, seed) in done:
+                    continue
                 runs.append(run_one(t, proj, seed, args))
                 print(json.dumps({k: runs[-1][k] for k in ("target", "projection", "seed", "nll", "train_wall_s")}), flush=True)
-    os.makedirs(args.out, exist_ok=True)
-    name = "ml_quality_smoke" if args.smoke else "ml_quality"
-    result = {"machine": machine(), "argv": sys.argv[1:], "runs": runs}
-    md = (f"# ML quality ({'smoke' if args.smoke else 'published protocol'})\n\nMachine: {result['machine']}\n\n"
-          f"Command: `python benchmarks/ml_quality.py {' '.join(sys.argv[1:])}`\n\n{table(runs)}\n")
-    for ext, text in (("json", json.dumps(result, indent=1, default=float)), ("md", md)):
-        atomic_write(os.path.join(args.out, f"{name}.{ext}"), text)
-    print(md)
+                write(args, name, runs)  # after every run: a long benchmark interrupted keeps what it measured
+    print(write(args, name, runs))
 
+
+def write(args, name, runs) -> str:
+    return write_results(args.out, name, f"ML quality ({'smoke' if args.smoke else 'published protocol'})", "ml_quality.py", runs, table(runs))
 
 if __name__ == "__main__":
     main()

@@ -210,7 +210,12 @@ def peek(path) -> dict:
 def _default_builder(config):
     """``flow_from_config(config["flow"])`` (i.e. ``make_flow`` with the saved ``flow.config``),
     traced abstractly with ``eqx.filter_eval_shape`` (no compute: seconds instead of a full
-    initialisation); falls back to a real build if it cannot be traced abstractly."""
+    initialisation); falls back to a real build if it cannot be traced abstractly.
+    A ``config["flow"]`` with ``"model": "ecnf"`` is the E-CNF baseline (``baselines/ecnf.py``)."""
+    if config["flow"].get("model") == "ecnf":
+        from eacf_lab.baselines.ecnf import ecnf_from_config  # a small EGNN: a real build takes < 1 s
+
+        return ecnf_from_config(config["flow"])
     from eacf_lab.factory import flow_from_config  # lazy: the flow modules import much more
 
     try:

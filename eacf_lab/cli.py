@@ -1,6 +1,7 @@
 """``eacf-lab``: train, evaluate and sample flows from the shell.
 
     eacf-lab train dw4 --projection spherical --epochs 100 --out runs/dw4-sph
+    eacf-lab fab dw4 --iterations 2000 --out runs/dw4-fab
     eacf-lab eval runs/dw4-sph/checkpoint.eqx --n-samples 10000
     eacf-lab sample runs/dw4-sph/checkpoint.eqx -n 1000 -o samples.npz
 
@@ -78,24 +79,22 @@ def _load(path_or_name):
     return checkpoint.load(path_or_name)
 
 
-def cmd_train(args):
+def _new_flow(args):
+    """The flow ``train`` / ``fab`` start from: ``make_flow`` with the size options (tiny with --quick)."""
     import jax
 
-    from eacf_lab import checkpoint, data, factory
-    from eacf_lab.train import ml
-    from eacf_lab.viz import histograms
-    pub = ml.PUBLISHED[args.target]
+    from eacf_lab import data, factory
     sizes = {k: getattr(args, k) for k in SIZES + ("n_blocks",) if getattr(args, k) is not None}
     if args.quick:
         sizes = {**QUICK_SIZES, **sizes}
-    epochs = args.epochs or (2 if args.quick else pub["epochs"])
-    aux = pub["aux_weight"] if args.aux_weight is None else args.aux_weight
-    rotate = args.projection == "none" if args.rotate is None else args.rotate
     n_nodes, dim = data.SPECS[args.target]
-    flow = factory.make_flow(jax.random.key(args.seed), n_nodes, dim, args.projection, n_aug=args.n_aug,
+    return factory.make_flow(jax.random.key(args.seed), n_nodes, dim, args.projection, n_aug=args.n_aug,
                              n_bins=args.n_bins, r_max=args.r_max, inner=args.inner, **sizes)
-    train = data.load(args.target, "train")[:args.n_train or (64 if args.quick else None)]
-    val = data.load(args.target, "val")[:args.n_val or (64 if args.quick else None)]
+
+
+def _open_run(args):
+    """Create the run folder; ``(checkpoint path, extra config)``. A folder holding another run is refused."""
+    from eacf_lab import checkpoint
     os.makedirs(args.out, exist_ok=True)
     ckpt = os.path.join(args.out, "checkpoint.eqx")
     extra = {"target": args.target, "seed": args.seed}
@@ -104,12 +103,30 @@ def cmd_train(args):
         if saved.get("extra") != extra:
             raise UsageError(f"{args.out} holds a run of another config ({saved.get('extra')}); use a new --out")
         print(f"resuming from {ckpt}", file=sys.stderr)
+    return ckpt, extra
+
+
+def cmd_train(args):
+    import jax
+
+    from eacf_lab import checkpoint, data
+    from eacf_lab.train import ml
+    from eacf_lab.viz import histograms
+    pub = ml.PUBLISHED[args.target]
+    epochs = args.epochs or (2 if args.quick else pub["epochs"])
+    aux = pub["aux_weight"] if args.aux_weight is None else args.aux_weight
+    rotate = args.projection == "none" if args.rotate is None else args.rotate
+    flow = _new_flow(args)
+    train = data.load(args.target, "train")[:args.n_train or (64 if args.quick else None)]
+    val = data.load(args.target, "val")[:args.n_val or (64 if args.quick else None)]
+    ckpt, extra = _open_run(args)
     t0 = time.time()
     try:
         flow, history = ml.fit(flow, train, key=jax.random.key(args.seed + 1), epochs=epochs,
                                batch_size=args.batch_size, aux_weight=aux, rotate=rotate, val_data=val,
                                progress=not args.no_progress, checkpoint_path=ckpt, resume=True,
-                               stop_at_step=args.stop_at_step, extra_config=extra)
+                               stop_at_step=args.stop_at_step, extra_config=extra,
+                               devices="all" if args.data_parallel else None)
     except ValueError as e:
         if "holds a run with other settings" in str(e):
             raise UsageError(f"{args.out} holds a run of another config: {e}") from None
@@ -117,7 +134,8 @@ def cmd_train(args):
     _write_figure(args.out, "training.html", histograms.training_curves(history))
     cost = {"steps": history["step"][-1] if history["step"] else 0, "train_wall_s": history["time"][-1] if history["time"] else 0.0,
             "steps_per_s": ml.steps_per_second(history), "session_wall_s": time.time() - t0,
-            "n_params": flow.n_params(), "machine": _machine()}
+            "n_params": flow.n_params(), "machine": _machine(),
+            "n_devices": jax.device_count() if args.data_parallel else 1}
     metrics = {"target": args.target, "projection": args.projection, "command": args.command_line, "train": cost,
                "final_train_nll": history["nll"][-1] if history["nll"] else None,
                "final_val_joint_nll": history["val_nll"][-1] if history["val_nll"] else None}
@@ -127,6 +145,64 @@ def cmd_train(args):
     checkpoint.save(os.path.join(args.out, "flow.eqx"), flow, config, metrics)
     _write_json(os.path.join(args.out, "metrics.json"), metrics)
     print(json.dumps(metrics.get("eval", metrics), indent=1, default=float))
+
+
+def cmd_fab(args):
+    import jax
+
+    from eacf_lab import checkpoint, data, targets
+    from eacf_lab.train import fab
+    from eacf_lab.viz import histograms
+    pub = fab.PUBLISHED_FAB[args.target]
+    quick = dict(iterations=10, batch_size=32, buffer_min=4, buffer_max=8) if args.quick else {}
+    iterations = args.iterations or quick.get("iterations") or pub["n_iterations"]
+    batch = args.batch_size or quick.get("batch_size") or pub["batch_size"]
+    n_inter = pub["n_intermediate"] if args.n_intermediate is None else args.n_intermediate
+    aux = pub["aux_weight"] if args.aux_weight is None else args.aux_weight
+    flow = _new_flow(args)
+    ckpt, extra = _open_run(args)
+    test = data.load(args.target, "test")[:args.n_eval_test]
+    t0 = time.time()
+    try:
+        flow, history = fab.fab(
+            flow, targets.get(args.target), key=jax.random.key(args.seed + 1), n_iterations=iterations,
+            batch_size=batch, n_intermediate=n_inter, aux_weight=aux, init_step_size=args.step_size,
+            buffer_min_batches=args.buffer_min or quick.get("buffer_min", 64),
+            buffer_max_batches=args.buffer_max or quick.get("buffer_max", 512), n_updates=args.n_updates,
+            peak_lr=args.lr, test_data=test, eval_every=args.eval_every, n_eval_samples=args.n_eval_samples,
+            progress=not args.no_progress, checkpoint_path=ckpt, resume=True,
+            stop_at_iteration=args.stop_at_iteration, extra_config=extra)
+    except ValueError as e:
+        if "holds a run with other settings" in str(e):
+            raise UsageError(f"{args.out} holds a run of another config: {e}") from None
+        raise
+    _write_figure(args.out, "training.html", histograms.fab_curves(history))
+    _write_figure(args.out, "ess_vs_time.html", histograms.fab_curves(history, x="time"))
+    cost = {"iterations": history["iteration"][-1] if history["iteration"] else 0,
+            "train_wall_s": history["time"][-1] if history["time"] else 0.0,
+            "buffer_fill_s": (history.get("fill_time") or [0.0])[0], "session_wall_s": time.time() - t0,
+            "n_params": flow.n_params(), "machine": _machine()}
+    metrics = {"target": args.target, "projection": args.projection, "method": "fab", "command": args.command_line,
+               "train": cost, "ess_curve": {k: history[k] for k in history if k.startswith("eval_")}}
+    if not args.no_eval:
+        metrics["eval"] = _summary(_evaluate(flow, args.target, args, args.out))
+    config = checkpoint.peek(ckpt)["config"]
+    checkpoint.save(os.path.join(args.out, "flow.eqx"), flow, config, metrics)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(json.dumps(metrics.get("eval", cost), indent=1, default=float))
+
+
+def _flow_options(p):
+    p.add_argument("--projection", default="spherical", choices=["spherical", "cartesian", "vector", "none"],
+                   help="E-ACF projection, or 'none' for the Non-E-ACF (default spherical)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and training (default 0)")
+    p.add_argument("--n-blocks", type=_positive, help="flow blocks (default 12)")
+    p.add_argument("--n-aug", type=_positive, default=1, help="augmented sets k, odd (default 1)")
+    p.add_argument("--n-bins", type=_positive, default=8, help="spline bins (default 8)")
+    p.add_argument("--r-max", type=float, default=10.0, help="radial spline range [0, R] (default 10)")
+    p.add_argument("--inner", choices=["affine", "spline"], default="affine", help="inner transform of cartesian/none")
+    for s in SIZES:
+        p.add_argument("--" + s.replace("_", "-"), type=_positive, dest=s, help=f"network size {s} (default: make_flow's)")
 
 
 def cmd_eval(args):
@@ -195,28 +271,47 @@ def build_parser():
                               "  eacf-lab train dw4 --quick --out runs/smoke     # seconds-long smoke run")
     t.add_argument("target", choices=["dw4", "lj13"], help="dataset / target energy")
     t.add_argument("--out", required=True, help="run folder (created; resumed if it holds this run)")
-    t.add_argument("--projection", default="spherical", choices=["spherical", "cartesian", "vector", "none"],
-                   help="E-ACF projection, or 'none' for the Non-E-ACF (default spherical)")
+    _flow_options(t)
     t.add_argument("--epochs", type=_positive, help="epochs (default: published, DW4 100, LJ13 400)")
     t.add_argument("--batch-size", type=_positive, default=32, help="minibatch size (default 32)")
     t.add_argument("--aux-weight", type=float, help="collinearity-loss weight (default: DW4 0, LJ13 10)")
     t.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
                    help="random rotation of each example (default: on for --projection none)")
-    t.add_argument("--seed", type=int, default=0, help="seed of initialisation and training (default 0)")
     t.add_argument("--n-train", type=_positive, help="use the first N training points (default all 1000)")
     t.add_argument("--n-val", type=_positive, help="use the first N validation points (default all)")
-    t.add_argument("--n-blocks", type=_positive, help="flow blocks (default 12)")
-    t.add_argument("--n-aug", type=_positive, default=1, help="augmented sets k, odd (default 1)")
-    t.add_argument("--n-bins", type=_positive, default=8, help="spline bins (default 8)")
-    t.add_argument("--r-max", type=float, default=10.0, help="radial spline range [0, R] (default 10)")
-    t.add_argument("--inner", choices=["affine", "spline"], default="affine", help="inner transform of cartesian/none")
-    for s in SIZES:
-        t.add_argument("--" + s.replace("_", "-"), type=_positive, dest=s, help=f"network size {s} (default: make_flow's)")
     t.add_argument("--quick", action="store_true", help="tiny network, 2 epochs, 64 points: a seconds-long smoke run")
     t.add_argument("--stop-at-step", type=_positive, help="stop early at this step (re-run to resume)")
+    t.add_argument("--data-parallel", action="store_true",
+                   help="split every batch across all devices (jax.devices()); --batch-size must divide evenly")
     t.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _eval_options(t)
+    f = sub.add_parser("fab", help="FAB: train from the target energy alone (AIS + replay buffer, alpha = 2)",
+                       formatter_class=fmt,
+                       description="Train a flow with FAB (paper Sec. 3.3, App. C.4): no training data; the test set "
+                                   "is used only for evaluation. Same run-folder layout as train.",
+                       epilog="Example:\n  eacf-lab fab dw4 --iterations 2000 --out runs/dw4-fab\n"
+                              "  eacf-lab fab dw4 --quick --out runs/fab-smoke     # seconds-long smoke run")
+    f.add_argument("target", choices=["dw4", "lj13"], help="target energy")
+    f.add_argument("--out", required=True, help="run folder (created; resumed if it holds this run)")
+    _flow_options(f)
+    f.add_argument("--iterations", type=_positive, help="AIS passes (default: published, DW4 20000, LJ13 14000)")
+    f.add_argument("--batch-size", type=_positive, help="AIS chains per pass = minibatch (default: DW4 128, LJ13 1024)")
+    f.add_argument("--n-intermediate", type=int, help="AIS intermediate distributions (default: DW4 2, LJ13 8)")
+    f.add_argument("--n-updates", type=_positive, default=8, help="gradient steps per AIS pass (default 8)")
+    f.add_argument("--buffer-min", type=_positive, help="batches in the buffer before training starts (default 64)")
+    f.add_argument("--buffer-max", type=_positive, help="buffer capacity in batches (default 512)")
+    f.add_argument("--step-size", type=float, default=0.05, help="initial HMC step size (default 0.05)")
+    f.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    f.add_argument("--aux-weight", type=float, help="collinearity-loss weight (default: DW4 0, LJ13 10)")
+    f.add_argument("--eval-every", type=_positive, help="iterations between evaluations (default: 20 per run)")
+    f.add_argument("--n-eval-samples", type=_positive, default=1024, help="flow samples / AIS chains per evaluation")
+    f.add_argument("--n-eval-test", type=_positive, default=1000, help="test points for forward ESS and NLL during training")
+    f.add_argument("--quick", action="store_true", help="tiny network, 10 iterations of 32: a seconds-long smoke run")
+    f.add_argument("--stop-at-iteration", type=_positive, help="stop early at this iteration (re-run to resume)")
+    f.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _eval_options(f)
     e = sub.add_parser("eval", help="test NLL, ESS, log Z, KL estimate, histograms", formatter_class=fmt,
                        description="Evaluate a checkpoint (or a pretrained name) on its target's test set.",
                        epilog="Example:\n  eacf-lab eval runs/dw4-sph/flow.eqx --n-samples 10000 --out runs/dw4-sph/eval")
@@ -240,7 +335,7 @@ def main(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
         args = build_parser().parse_args(argv)
         args.command_line = "eacf-lab " + " ".join(argv)
-        return {"train": cmd_train, "eval": cmd_eval, "sample": cmd_sample}[args.command](args) or 0
+        return {"train": cmd_train, "fab": cmd_fab, "eval": cmd_eval, "sample": cmd_sample}[args.command](args) or 0
     except UsageError as e:
         print(str(e).splitlines()[0], file=sys.stderr)
         return 2

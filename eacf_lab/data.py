@@ -28,8 +28,11 @@ __all__ = ["load", "info", "available", "SPECS", "SPLITS", "DATASET_DIR",
 
 DATASET_DIR = Path(__file__).resolve().parent / "datasets"
 SPLITS = ("train", "val", "test")
-# name -> (n_nodes, dim).  Hook: "aldp": (22, 3) once its generator/downloader exists.
-SPECS = {"dw4": (4, 2), "lj13": (13, 3)}
+# name -> (n_nodes, dim).  "aldp": alanine dipeptide, 22 atoms, nm, zero CoM, made by
+# scripts/generate_aldp.py (OpenMM parallel tempering at 300 K); the public Zenodo set is
+# eacf_lab.data_zenodo.load_zenodo_aldp.
+SPECS = {"dw4": (4, 2), "lj13": (13, 3), "aldp": (22, 3)}
+GENERATORS = {"aldp": "python scripts/generate_aldp.py run / finish"}
 COM_TOL = 1e-4  # max |centre of mass| allowed, relative to max(1, max |x|)
 
 
@@ -45,6 +48,10 @@ def available(root=None) -> list[str]:
     return sorted(n for n in SPECS if (root / f"{n}.npz").is_file() and (root / f"{n}.json").is_file())
 
 
+def _regenerate(name):
+    return GENERATORS.get(name, f"python scripts/generate_datasets.py --target {name}")
+
+
 def _check_name(name):
     if name not in SPECS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {sorted(SPECS)}")
@@ -56,7 +63,7 @@ def info(name: str, root=None) -> dict:
     path = Path(root or DATASET_DIR) / f"{name}.json"
     if not path.is_file():
         raise ValueError(f"{path}: provenance file not found; regenerate with "
-                         f"`python scripts/generate_datasets.py --target {name}`")
+                         f"`{_regenerate(name)}`")
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -80,7 +87,7 @@ def load(name: str, split: str, root=None) -> np.ndarray:
     path = Path(root or DATASET_DIR) / f"{name}.npz"
     if not path.is_file():
         raise ValueError(f"{path}: dataset file not found; regenerate with "
-                         f"`python scripts/generate_datasets.py --target {name}`")
+                         f"`{_regenerate(name)}`")
     n_nodes, dim = SPECS[name]
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path}: expected a .npz archive (a zip file), got something else")
@@ -97,7 +104,8 @@ def load(name: str, split: str, root=None) -> np.ndarray:
     except (OSError, EOFError) as e:
         raise ValueError(f"{path}: expected a .npz archive, could not read it ({e})") from None
     if x.ndim != 3 or x.shape[1:] != (n_nodes, dim):
-        raise ValueError(f"{path}: {split!r} must be (n_samples, {n_nodes}, {dim}), got {x.shape}")
+        raise ValueError(f"{path}: {split!r} must be (n_samples, {n_nodes}, {dim}), got {x.shape} "
+                         f"({name} has {n_nodes} nodes/atoms in {dim}D)")
     if x.dtype != np.float32:
         raise ValueError(f"{path}: {split!r} must be float32, got {x.dtype}")
     if not np.all(np.isfinite(x)):

@@ -61,8 +61,8 @@ def test_ks_helpers_by_hand():
 
 
 def test_unknown_names_and_splits():
-    with pytest.raises(ValueError, match=r"expected one of \['dw4', 'lj13'\]"):
-        data.load("aldp", "train")
+    with pytest.raises(ValueError, match=r"expected one of \['aldp', 'dw4', 'lj13'\]"):
+        data.load("qm9", "train")
     with pytest.raises(ValueError, match=r"expected one of \['train', 'val', 'test'\]"):
         data.load("dw4", "validation")
     with pytest.raises(ValueError, match="expected one of"):

@@ -166,3 +166,25 @@ def test_notebooks_are_committed_without_outputs():
             if cell.get("outputs") or cell.get("execution_count") is not None:
                 dirty.append(f"{rel}: cell {i} has outputs or an execution count")
     assert not dirty, "clear outputs before committing:\n" + "\n".join(dirty)
+
+
+def test_readme_binder_badge_and_binder_environment():
+    """README links Binder to JupyterLab on notebooks/; Binder gets JupyterLab 4, ipywidgets 8, nglview 3.1.4, CPU jax."""
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(r"\(https://mybinder\.org/v2/gh/[^)\s]+/HEAD\?urlpath=lab/tree/notebooks\)", readme), \
+        "README needs the Binder badge opening lab/tree/notebooks"
+    env = env_requirements("binder/environment.yml")
+    for name, version in (("jupyterlab", "4.9"), ("ipywidgets", "8.9"), ("nglview", "3.1.4")):
+        assert name in env and env[name].specifier.contains(version), f"binder: {name} must allow {version}"
+    assert not env["jupyterlab"].specifier.contains("5.0") and not env["ipywidgets"].specifier.contains("9.0")
+    assert "jax" in env and not env["jax"].extras, "binder must install the CPU jax (no [cuda] extra)"
+
+
+def test_browser_tests_run_in_their_own_pass():
+    """`make test` keeps tests/browser out of the xdist passes and runs it once, without xdist."""
+    makefile = (ROOT / "Makefile").read_text()
+    test_recipe = makefile[makefile.index("\ntest:"):makefile.index("\nclean:")]
+    assert test_recipe.count("--ignore=$(BROWSER_TESTS)") == 2, "passes 1 and 2 must ignore tests/browser"
+    assert "$(BROWSER_PYTEST)" in test_recipe
+    assert re.search(r"BROWSER_PYTEST := EACF_LAB_QUICK=1 .*-p no:xdist", makefile)
+    assert "browser" in " ".join(pyproject()["tool"]["pytest"]["ini_options"]["markers"])

@@ -1,6 +1,7 @@
 """Training: the robust optimizer of App. C.1 and maximum-likelihood training (``ml.fit``)."""
 
 from .ml import PUBLISHED, fit, joint_nll, make_optimizer
+from . import parallel  # data parallel: make_mesh, shard_batch, replicate
 from .optim import (
     SkipClipState,
     mask_bad_examples,
@@ -15,6 +16,7 @@ __all__ = [
     "fit",
     "joint_nll",
     "make_optimizer",
+    "parallel",
     "mask_bad_examples",
     "robust_adam",
     "skip_and_clip_by_norm_window",

@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from eacf_lab import checkpoint
 from eacf_lab.data import sha256_of
 from eacf_lab.geometry import random_rotation
+from eacf_lab.train import parallel
 from eacf_lab.train.optim import mask_bad_examples, robust_adam, warmup_cosine_schedule
 
 __all__ = ["fit", "PUBLISHED", "make_optimizer", "joint_nll", "HISTORY_KEYS"]
@@ -94,15 +95,21 @@ def _joint_log_q(flow, x, key):
     return jax.vmap(flow.log_prob)(x, a)
 
 
-def joint_nll(flow, data, *, key, batch_size=256) -> float:
-    """``-mean log q(x, a)``, ``a ~ pi(. | x)``, over ``data: (N, n, d)`` (non-finite values skipped)."""
+def joint_nll(flow, data, *, key, batch_size=256, mesh=None) -> float:
+    """``-mean log q(x, a)``, ``a ~ pi(. | x)``, over ``data: (N, n, d)`` (non-finite values skipped).
+
+    ``mesh`` (``parallel.make_mesh``): split each chunk across its devices when ``batch_size``
+    divides evenly (else every device evaluates the whole chunk).
+    """
     data = np.asarray(data)
+    split = mesh is not None and batch_size % mesh.devices.size == 0
     out = []
     for i, start in enumerate(range(0, len(data), batch_size)):
         chunk = data[start:start + batch_size]
         pad = batch_size - len(chunk)  # fixed shape: one compilation
-        xs = jnp.asarray(np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk)
-        out.append(np.asarray(_joint_log_q(flow, xs, jax.random.fold_in(key, i)))[:len(chunk)])
+        xs = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
+        xs = parallel.shard_batch(xs, mesh) if split else jnp.asarray(xs)
+        out.append(parallel.gather(_joint_log_q(flow, xs, jax.random.fold_in(key, i)))[:len(chunk)])
     log_q = np.concatenate(out)
     return float(-np.mean(log_q[np.isfinite(log_q)])) if np.isfinite(log_q).any() else float("nan")
 
@@ -121,7 +128,7 @@ def _check_data(flow, data, name):
 def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=False, val_data=None,
         eval_every=None, callback=None, progress=True, checkpoint_path=None, checkpoint_every=None,
         resume=False, stop_at_step=None, init_lr=2e-5, peak_lr=2e-4, end_lr=2e-5, warmup_epochs=None,
-        extra_config=None):
+        extra_config=None, devices=None):
     """Train ``flow`` by maximum likelihood on ``train_data: (N, n_nodes, dim)`` (zero-CoM).
 
     Arguments:
@@ -140,6 +147,11 @@ def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=
         stop_at_step: stop early at this global step (the schedule still spans ``epochs``).
         init_lr, peak_lr, end_lr, warmup_epochs: the warmup-cosine schedule (App. C.1).
         extra_config: JSON-able dict stored as ``config["extra"]`` in the checkpoint.
+        devices: data parallel (``eacf_lab.train.parallel``): ``None`` runs on the default
+            device; an int ``k`` (the first ``k`` devices), a list of devices, or ``"all"``
+            splits every batch across them (``batch_size`` divisible by their number) with
+            the parameters replicated.  The same jitted step runs; results equal the
+            one-device run up to float rounding, so a run may be resumed on another count.
 
     Returns ``(flow, history)``: ``history`` is a dict of lists, one entry per step for
     ``HISTORY_KEYS`` and ``val_step``/``val_nll`` for the evaluations.
@@ -152,6 +164,9 @@ def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=
         raise ValueError(f"batch_size must be an int in [1, {len(train)}] (the training set size), got {batch_size!r}")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
+    mesh = None if devices is None else parallel.make_mesh(None if devices == "all" else devices)
+    if mesh is not None:
+        parallel.check_divisible(batch_size, mesh, "batch_size")
     per_epoch = len(train) // batch_size
     n_steps = epochs * per_epoch
     stop = n_steps if stop_at_step is None else min(int(stop_at_step), n_steps)
@@ -182,29 +197,34 @@ def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=
         state, history = info["train_state"], info["metrics"]["history"]
     step0 = int(state["step"])
     opt_state, order = state["opt_state"], np.asarray(state["order"])
+    if mesh is not None:
+        flow, opt_state = parallel.replicate((flow, opt_state), mesh)
     key_order, key_steps, key_val = state["key_order"], state["key_steps"], state["key_val"]
     t_offset = history["time"][-1] if history["time"] else 0.0
     t0 = time.perf_counter()
 
     def save(step):
         ts = dict(state, opt_state=opt_state, step=jnp.asarray(step, jnp.int32), order=jnp.asarray(order))
-        checkpoint.save(checkpoint_path, flow, config, {"history": history}, train_state=ts)
+        if jax.process_index() == 0:  # several hosts: one writer (use shared storage)
+            checkpoint.save(checkpoint_path, parallel.to_local(flow), config, {"history": history},
+                            train_state=parallel.to_local(ts))
 
     bar = tqdm(total=n_steps, initial=step0, disable=not progress, desc="ml", dynamic_ncols=True)
     for step in range(step0, stop):
         epoch, i = divmod(step, per_epoch)
         if i == 0 and step > 0:  # a new epoch (also when resuming exactly at its start)
             order = np.asarray(jax.random.permutation(jax.random.fold_in(key_order, epoch), len(train)))
-        x = jnp.asarray(train[order[i * batch_size:(i + 1) * batch_size]])
+        x = train[order[i * batch_size:(i + 1) * batch_size]]
+        x = jnp.asarray(x) if mesh is None else parallel.shard_batch(x, mesh)
         flow, opt_state, stats = _train_step(flow, opt_state, x, jax.random.fold_in(key_steps, step),
                                              optimizer, float(aux_weight), bool(rotate))
-        stats = {k: float(v) for k, v in stats.items()}
+        stats = {k: float(v) for k, v in parallel.to_local(stats).items()}
         row = dict(stats, step=step + 1, epoch=epoch, lr=float(schedule(step)),
                    time=t_offset + time.perf_counter() - t0)
         for k in HISTORY_KEYS:
             history[k].append(row[k])
         if val is not None and ((step + 1) % eval_every == 0 or step + 1 == n_steps):
-            row["val_nll"] = joint_nll(flow, val, key=jax.random.fold_in(key_val, step + 1))
+            row["val_nll"] = joint_nll(flow, val, key=jax.random.fold_in(key_val, step + 1), mesh=mesh)
             history["val_step"].append(step + 1)
             history["val_nll"].append(row["val_nll"])
         if callback is not None:

@@ -11,7 +11,11 @@ ipywidgets:
   their knots, line plots (e.g. an estimator against the number of samples);
 * ``widgets``  -- rotation sliders (Euler angles -> rotation matrix) and a slider-driven
   figure that redraws a plain ``plotly`` figure on every change;
-* ``histograms`` -- distance / energy histograms (training notebooks).
+* ``histograms`` -- distance / energy histograms, ML training curves and FAB's ESS curves
+  (training notebooks);
+* ``molecule`` -- PDB text from coordinates, Kabsch alignment, an nglview trajectory of flow
+  samples with a frame slider (alanine dipeptide);
+* ``ramachandran`` -- phi/psi angles, importance weights, Ramachandran histograms, plots and KLD.
 
 Every function here only *draws* what the library computed; none of them computes a flow,
 a frame or a spline itself (that would be a second copy of library code).

@@ -93,3 +93,36 @@ def training_curves(history: dict, *, smooth: int = 0, title: str = "Maximum-lik
     fig.update_xaxes(title_text="step", row=2, col=1)
     fig.update_layout(title=title, template="plotly_white")
     return fig
+
+
+def fab_curves(history: dict, *, x: str = "iteration", title: str = "FAB training") -> go.Figure:
+    """ESS during FAB training (``eacf_lab.train.fab.fab``'s history): the flow's reverse ESS and
+    the ESS of AIS towards ``p`` at the evaluations, the per-iteration flow ESS of the AIS batch
+    (noisy), and the loss. ``x="time"`` plots against wall time (seconds) instead."""
+    if not isinstance(history, dict) or "iteration" not in history or "eval_reverse_ess" not in history:
+        raise ValueError("history must be the dict returned by eacf_lab.train.fab.fab")
+    if x not in ("iteration", "time"):
+        raise ValueError(f"x must be 'iteration' or 'time', got {x!r}")
+    it = np.asarray(history["iteration"])
+    xs = it if x == "iteration" else np.asarray(history["time"])
+    ev = np.asarray(history["eval_iteration"], dtype=int)
+    ev_x = ev if x == "iteration" else np.interp(ev, it, xs) if len(it) else ev
+    smooth = max(1, len(it) // 50)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
+    fig.add_trace(go.Scatter(x=xs, y=100 * _smooth(history["flow_ess"], smooth), mode="lines",
+                             name=f"flow ESS, AIS batch (mean of {smooth})", line=dict(color="lightsteelblue")),
+                  row=1, col=1)
+    fig.add_trace(go.Scatter(x=ev_x, y=100 * np.asarray(history["eval_reverse_ess"]), mode="lines+markers",
+                             name="flow reverse ESS (eval)", line=dict(color="steelblue")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=ev_x, y=100 * np.asarray(history["eval_ais_ess"]), mode="lines+markers",
+                             name="AIS ESS towards p (eval)", line=dict(color="darkorange")), row=1, col=1)
+    if history.get("eval_forward_ess"):
+        fig.add_trace(go.Scatter(x=ev_x, y=100 * np.asarray(history["eval_forward_ess"]), mode="lines+markers",
+                                 name="forward ESS (test set)", line=dict(color="seagreen", dash="dot")), row=1, col=1)
+    fig.add_trace(go.Scatter(x=xs, y=_smooth(history["loss"], smooth), mode="lines", name="loss",
+                             line=dict(color="gray")), row=2, col=1)
+    fig.update_yaxes(title_text="ESS (%)", rangemode="tozero", row=1, col=1)
+    fig.update_yaxes(title_text="loss", row=2, col=1)
+    fig.update_xaxes(title_text="iteration" if x == "iteration" else "wall time (s)", row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white")
+    return fig

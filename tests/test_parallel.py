@@ -1,0 +1,174 @@
+"""Data parallel (``eacf_lab.train.parallel``): a sharded step equals the one-device step.
+
+The test process already initialised JAX with one CPU device, so the multi-device checks run
+in a child process started with ``XLA_FLAGS=--xla_force_host_platform_device_count=4`` (four
+virtual CPU devices).  The child computes and prints numbers as JSON; the assertions are here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from eacf_lab.cli import build_parser
+from eacf_lab.train import parallel
+
+CHILD = textwrap.dedent(r"""
+    import json, sys
+    import jax, jax.numpy as jnp, equinox as eqx, numpy as np
+    jax.config.update("jax_debug_nans", True)
+    jax.config.update("jax_numpy_rank_promotion", "raise")
+    from eacf_lab import data, make_flow
+    from eacf_lab.cli import QUICK_SIZES, main
+    from eacf_lab.testing import perturb
+    from eacf_lab.train import ml, parallel
+
+    assert jax.device_count() == 4, jax.devices()
+    out = {}
+    leaves = lambda t: [np.asarray(l) for l in jax.tree.leaves(eqx.filter(t, eqx.is_inexact_array))]
+    maxdiff = lambda s, t: max(float(np.max(np.abs(a - b))) for a, b in zip(leaves(s), leaves(t)))
+    train = data.load("dw4", "train")[:64]
+
+    # Every run below uses the optimizer of `fit(epochs=2, batch_size=32)` on 64 points, so the
+    # one-device and 4-device steps compile once each and `fit` and the CLI reuse them.
+    opt, _ = ml.make_optimizer(4, 2, init_lr=2e-5, peak_lr=2e-4, end_lr=2e-5, warmup_epochs=None)  # as fit calls it
+
+    # (a) one ML training step: unsharded vs batch over 4 devices, parameters replicated.
+    #     Perturbed parameters: an identity-initialised flow would hide mistakes.
+    flow = perturb(make_flow(jax.random.key(0), 4, 2, "spherical", **QUICK_SIZES), jax.random.key(1), scale=0.05)
+    state = opt.init(eqx.filter(flow, eqx.is_inexact_array))
+    x, key = jnp.asarray(train[:32]), jax.random.key(2)
+    f1, s1, st1 = ml._train_step(flow, state, x, key, opt, 0.0, False)
+    mesh = parallel.make_mesh(4)
+    fr, sr = parallel.replicate((flow, state), mesh)
+    xs = parallel.shard_batch(np.asarray(x), mesh)
+    f4, s4, st4 = ml._train_step(fr, sr, xs, key, opt, 0.0, False)
+    out["x_shard_shapes"] = sorted({tuple(s.data.shape) for s in xs.addressable_shards})
+    out["x_n_devices"] = len(xs.sharding.device_set)
+    w = jax.tree.leaves(eqx.filter(f4, eqx.is_inexact_array))[0]
+    out["params_replicated"] = bool(w.sharding.is_fully_replicated) and len(w.sharding.device_set) == 4
+    out["step_param_diff"] = maxdiff(f1, f4)
+    out["step_update_size"] = maxdiff(f1, flow)
+    out["step_stats"] = [[float(st1[k]), float(st4[k])] for k in ("loss", "nll", "grad_norm")]
+    try:
+        parallel.shard_batch(np.asarray(train[:6]), mesh)
+        out["indivisible_error"] = None
+    except ValueError as e:
+        out["indivisible_error"] = str(e)
+
+    # (b) a short fit (2 epochs x 2 steps) on 1 device (no sharding) and on 2 and 4 devices.
+    runs = {}
+    for devices in (None, 2, 4):
+        f, h = ml.fit(make_flow(jax.random.key(3), 4, 2, "spherical", **QUICK_SIZES), train, key=jax.random.key(4),
+                      epochs=2, batch_size=32, progress=False, devices=devices)
+        runs[str(devices)] = (f, h)
+    ref, ref_h = runs["None"]
+    out["fit_param_diff"] = {k: maxdiff(ref, f) for k, (f, h) in runs.items()}
+    out["fit_update_size"] = maxdiff(ref, make_flow(jax.random.key(3), 4, 2, "spherical", **QUICK_SIZES))
+    out["fit_nll"] = {k: h["nll"] for k, (f, h) in runs.items()}
+
+    # (c) the CLI flag trains on all 4 devices (and evaluates the validation NLL sharded).
+    rc = main(["train", "dw4", "--quick", "--out", sys.argv[1], "--data-parallel", "--no-eval", "--no-progress",
+               "--epochs", "2", "--n-train", "64", "--n-val", "32"])
+    out["cli_rc"] = rc
+    out["cli_metrics"] = json.load(open(sys.argv[1] + "/metrics.json"))
+    print("RESULT " + json.dumps(out))
+""")
+
+
+@pytest.fixture(scope="module")
+def four_devices(tmp_path_factory):
+    """Run ``CHILD`` on 4 virtual CPU devices; its JSON result."""
+    env = dict(os.environ)
+    # Same fast-compile flags as tests/conftest.py, plus four host devices.
+    env["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                        "--xla_force_host_platform_device_count=4")
+    env.pop("JAX_ENABLE_X64", None)
+    run_dir = tmp_path_factory.mktemp("cli-run")
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(run_dir)], check=False, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+@pytest.mark.slow  # compiles several training steps (~2-3 CPU-minutes for the file)
+def test_sharded_step_equals_single_device_step(four_devices):
+    r = four_devices
+    assert r["x_n_devices"] == 4 and r["x_shard_shapes"] == [[8, 4, 2]]  # 32 examples -> 4 x 8
+    assert r["params_replicated"]
+    for single, sharded in r["step_stats"]:  # loss, NLL and the gradient norm
+        assert sharded == pytest.approx(single, rel=1e-5)
+    # Adam's first step moves every parameter by ~lr(0) = 2e-5; the two runs agree far below that.
+    assert r["step_update_size"] == pytest.approx(2e-5, rel=0.05)
+    assert r["step_param_diff"] < 0.01 * r["step_update_size"], r["step_param_diff"]
+    assert "must be divisible by the number of devices 4" in r["indivisible_error"]
+
+
+@pytest.mark.slow  # compiles several training steps (~2-3 CPU-minutes for the file)
+def test_fit_does_not_depend_on_device_count(four_devices):
+    r = four_devices
+    assert set(r["fit_param_diff"]) == {"None", "2", "4"}
+    assert r["fit_update_size"] > 1e-5  # training moved the parameters
+    # Adam divides by sqrt(v): parameters whose gradient is ~0 turn rounding differences into
+    # visible ones (measured: 7e-6 against a largest update of 4.3e-4, i.e. 1.7 %).
+    for k, diff in r["fit_param_diff"].items():
+        assert diff < 0.05 * r["fit_update_size"], (k, diff)
+    for k in ("2", "4"):
+        np.testing.assert_allclose(r["fit_nll"][k], r["fit_nll"]["None"], rtol=1e-5)
+    assert len(r["fit_nll"]["None"]) == 4
+
+
+@pytest.mark.slow  # compiles several training steps (~2-3 CPU-minutes for the file)
+def test_cli_data_parallel_flag(four_devices):
+    r = four_devices
+    assert r["cli_rc"] == 0
+    assert r["cli_metrics"]["train"]["n_devices"] == 4 and r["cli_metrics"]["train"]["steps"] == 4
+    assert np.isfinite(r["cli_metrics"]["final_val_joint_nll"])
+    assert build_parser().parse_args(["train", "dw4", "--out", "x"]).data_parallel is False
+
+
+def test_helpers_on_one_device():
+    mesh = parallel.make_mesh()
+    assert mesh.axis_names == ("batch",) and mesh.devices.size == jax.device_count()
+    batch = {"x": np.arange(12.0).reshape(4, 3), "w": np.ones(4)}
+    placed = parallel.shard_batch(batch, mesh)
+    np.testing.assert_array_equal(parallel.gather(placed["x"]), batch["x"])
+    assert placed["x"].sharding.spec == jax.sharding.PartitionSpec("batch")
+    rep = parallel.replicate({"p": np.ones(3), "name": "static"}, mesh)
+    assert rep["name"] == "static" and rep["p"].sharding.is_fully_replicated
+    with pytest.raises(ValueError, match="same leading"):
+        parallel.shard_batch({"x": np.ones((4, 2)), "y": np.ones((3, 2))}, mesh)
+    with pytest.raises(ValueError, match="devices must be between 1 and"):
+        parallel.make_mesh(jax.device_count() + 1)
+    with pytest.raises(ValueError, match="devices must be None"):
+        parallel.make_mesh("gpu")
+
+
+@pytest.mark.slow  # compiles several training steps (~2-3 CPU-minutes for the file)
+def test_speed_benchmark_smoke(tmp_path):
+    """``benchmarks/speed.py --smoke`` runs and writes both results files with the documented fields."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "speed.py")
+    spec = importlib.util.spec_from_file_location("speed_benchmark", path)
+    speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(speed)
+    assert speed.main(["--smoke", "--targets", "dw4", "--out-dir", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "speed.json").read_text())
+    assert doc["smoke"] is True and doc["machine"]["backend"] == jax.default_backend()
+    assert [r["what"] for r in doc["results"]] == ["sample_16", "train_8"]
+    for r in doc["results"]:
+        assert r["target"] == "dw4" and r["n_params"] > 0 and r["dtype"] == "float32"
+        for k in ("trace_wall_s", "compile_wall_s", "compile_cpu_s", "wall_s", "cpu_s", "peak_rss_mib"):
+            assert r[k] > 0, (k, r[k])
+        assert r["reps"] >= 1
+    assert doc["results"][0]["finite"] and doc["results"][0]["samples_per_s"] > 0
+    assert doc["results"][1]["examples_per_s"] == pytest.approx(8 / doc["results"][1]["wall_s"])
+    md = (tmp_path / "speed.md").read_text()
+    assert "| dw4 | spherical |" in md and "compile train_8" in md
