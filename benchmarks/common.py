@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+import time
 
 import jax
 
@@ -13,10 +14,39 @@ from eacf_lab.atomic import atomic_write
 
 
 def machine() -> dict:
-    """Where a benchmark ran: platform, CPU count, Python/JAX versions, backend and devices."""
+    """Where a benchmark ran: platform, CPU count, Python/JAX versions, backend, devices, XLA flags."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()]}
+            "backend": jax.default_backend(), "device_kind": jax.devices()[0].device_kind,
+            "n_devices": jax.device_count(), "devices": [str(d) for d in jax.devices()],
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+class Clock:
+    """Wall and CPU seconds of a block: ``with Clock() as c: ...; c.wall, c.cpu``."""
+
+    def __enter__(self):
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
+
+
+SMOKE_SIZES = dict(n_blocks=1, n_invariant=8, mlp_width=16, mlp_depth=1, egnn_layers=1, egnn_hidden=16,
+                   transformer_layers=1, transformer_size=16, transformer_heads=2)
+
+
+def flow_sizes(args) -> dict:
+    """``make_flow`` sizes from the ``--n-blocks`` / ``--size`` / ``--smoke`` options of the quality benchmarks."""
+    sizes = {}
+    if args.n_blocks:
+        sizes["n_blocks"] = args.n_blocks
+    if args.size:
+        sizes.update(n_invariant=args.size, mlp_width=args.size, egnn_hidden=args.size, transformer_size=args.size)
+    if args.smoke:
+        sizes.update(SMOKE_SIZES)
+    return sizes
 
 
 def write_results(out: str, name: str, title: str, script: str, runs: list, table: str) -> str:

@@ -34,13 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
-import time
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from eacf_lab import checkpoint, data, make_flow, pretrained, targets
@@ -51,30 +48,15 @@ from eacf_lab.baselines.ecnf_train import ecnf_nll
 from eacf_lab.evaluate import evaluate
 from eacf_lab.geometry import sample_zero_com_gaussian
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import Clock, machine  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EACF = {"dw4": "dw4-spherical-ml", "lj13": "lj13-spherical-ml"}
 ECNF = {"dw4": "dw4-ecnf"}
 PAPER_MIN_RATIO, GOAL_RATIO = 10.0, 30.0
 SMOKE_EACF = dict(n_blocks=1, n_invariant=8, mlp_width=8, mlp_depth=1, egnn_layers=1, egnn_hidden=8)
 SMOKE_ECNF = dict(n_layers=1, n_hidden=8, width=8, depth=1, n_freq=1)
-
-
-class Clock:
-    """Wall and CPU seconds of a block: ``with Clock() as c: ...; c.wall, c.cpu``."""
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
-
-
-def machine() -> dict:
-    dev = jax.devices()[0]
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "device_kind": dev.device_kind}
 
 
 def _sampler(kind, model, n):

@@ -34,7 +34,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import flow_sizes, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -42,14 +42,7 @@ PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
 
 def run_one(target_name, projection, seed, args) -> dict:
     n_nodes, dim = data.SPECS[target_name]
-    sizes = {}
-    if args.n_blocks:
-        sizes["n_blocks"] = args.n_blocks
-    if args.size:
-        sizes.update(n_invariant=args.size, mlp_width=args.size, egnn_hidden=args.size, transformer_size=args.size)
-    if args.smoke:
-        sizes.update(n_blocks=1, n_invariant=8, mlp_width=16, mlp_depth=1, egnn_layers=1, egnn_hidden=16,
-                     transformer_layers=1, transformer_size=16, transformer_heads=2)
+    sizes = flow_sizes(args)
     pub = PUBLISHED_FAB[target_name]
     iterations = args.iterations or (6 if args.smoke else pub["n_iterations"])
     batch = args.batch_size or (32 if args.smoke else pub["batch_size"])

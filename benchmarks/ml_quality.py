@@ -32,7 +32,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import write_results  # noqa: E402
+from common import flow_sizes, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -42,14 +42,7 @@ PUBLISHED_NLL = {("dw4", "spherical"): 8.61, ("dw4", "vector"): 8.69, ("dw4", "c
 
 def run_one(target, projection, seed, args) -> dict:
     n_nodes, dim = data.SPECS[target]
-    sizes = {}
-    if args.n_blocks:
-        sizes["n_blocks"] = args.n_blocks
-    if args.size:
-        sizes.update(n_invariant=args.size, mlp_width=args.size, egnn_hidden=args.size, transformer_size=args.size)
-    if args.smoke:
-        sizes.update(n_blocks=1, n_invariant=8, mlp_width=16, mlp_depth=1, egnn_layers=1, egnn_hidden=16,
-                     transformer_layers=1, transformer_size=16, transformer_heads=2)
+    sizes = flow_sizes(args)
     pub = ml.PUBLISHED[target]
     epochs = args.epochs or (1 if args.smoke else pub["epochs"])
     train = data.load(target, "train")[:64 if args.smoke else None]
@@ -106,9 +99,9 @@ def main(argv=None):
         with open(path) as f:
             runs = json.load(f)["runs"]
     done = {(r["target"], r["projection"], r["seed"]) for r in runs}
-    for t in args.targets:
-        for proj in args.projections:
-            for seed in args.seeds:
+    for seed in args.seeds:  # every flow of seed 0 first: an interrupted benchmark still compares them
+        for t in args.targets:
+            for proj in args.projections:
                 if (t, proj, seed) in done:
                     continue
                 runs.append(run_one(t, proj, seed, args))

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -44,6 +43,9 @@ from eacf_lab import data, make_flow
 from eacf_lab.atomic import atomic_write
 from eacf_lab.train import ml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import Clock, machine  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Published implementation (JAX 0.4.13, haiku), 2-core CPU, float32, Spherical-proj, ~5.3M
 # parameters (issue 7).  Seconds.
@@ -53,25 +55,6 @@ PUBLISHED = {
 }
 PUBLISHED_N_PARAMS = 5.3e6
 SMOKE_SIZES = dict(n_blocks=2, n_invariant=16, mlp_width=16, mlp_depth=1, egnn_layers=1, egnn_hidden=16)
-
-
-class Clock:
-    """Wall and CPU seconds of a block: ``with Clock() as c: ...; c.wall, c.cpu``."""
-
-    def __enter__(self):
-        self._w, self._c = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self._w, time.process_time() - self._c
-
-
-def machine() -> dict:
-    dev = jax.devices()[0]
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "jax": jax.__version__,
-            "backend": jax.default_backend(), "device_kind": dev.device_kind, "n_devices": jax.device_count(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def memory() -> dict:

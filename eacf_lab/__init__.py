@@ -12,7 +12,7 @@ Each building block lives in its own short module (see the README's map of the c
 
 __version__ = "0.1.0"
 
-from eacf_lab import checkpoint, data, geometry, projections, targets, testing
+from eacf_lab import checkpoint, data, geometry, pretrained, projections, targets, testing, train
 from eacf_lab.checkpoint import load, save
 from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
 from eacf_lab.factory import flow_from_config, make_flow
@@ -25,5 +25,5 @@ __all__ = [
     "AugmentedFlow", "make_flow", "flow_from_config", "marginal_log_prob", "reverse_ess", "forward_ess",
     "random_rotation", "random_permutation", "remove_com", "center_of_mass", "zero_com_gaussian_log_prob",
     "sample_zero_com_gaussian", "aug_gaussian_log_prob", "shift_com", "save", "load",
-    "checkpoint", "data", "geometry", "projections", "targets", "testing",
+    "checkpoint", "data", "geometry", "pretrained", "projections", "targets", "testing", "train",
 ]

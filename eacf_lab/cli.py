@@ -75,8 +75,13 @@ def _evaluate(flow, target_name, args, folder=None):
 def _load(path_or_name):
     from eacf_lab import checkpoint, pretrained
     if not os.path.exists(path_or_name) and path_or_name in pretrained.available():
-        return pretrained.load(path_or_name)
-    return checkpoint.load(path_or_name)
+        flow, info = pretrained.load(path_or_name)
+    else:
+        flow, info = checkpoint.load(path_or_name)
+    if info["config"]["flow"].get("model") == "ecnf":
+        raise UsageError(f"{path_or_name} is an E-CNF baseline, not an E-ACF; use eacf_lab.baselines "
+                         "(ecnf_nll, ecnf_sample_and_log_prob) or benchmarks/ecnf_vs_eacf.py")
+    return flow, info
 
 
 def _new_flow(args):

@@ -54,6 +54,9 @@ def test_train_eval_sample(tmp_path, capsys):
     (["eval", "no/such/file.eqx"], "no checkpoint file"),
     (["sample", "no/such/file.eqx", "-o", "s.npz"], "no checkpoint file"),
     (["frobnicate"], "invalid choice"),
+    (["fab", "dw4", "--out", "x", "--iterations", "0"], "positive integer"),
+    (["fab", "qm9", "--out", "x"], "invalid choice"),
+    (["eval", "dw4-ecnf"], "E-CNF baseline"),
 ])
 def test_bad_arguments_one_line_exit_2(argv, match, capsys):
     assert main(argv) == 2
@@ -61,9 +64,10 @@ def test_bad_arguments_one_line_exit_2(argv, match, capsys):
     assert err.count("\n") == 1 and match in err and "Traceback" not in err
 
 
-def test_help_is_useful(capsys):
+@pytest.mark.parametrize("command", ["train", "fab"])
+def test_help_is_useful(command, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["train", "--help"])
+        main([command, "--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "--projection" in out and "Example" in out and "--quick" in out
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
 from eacf_lab.geometry import safe_norm

@@ -1,7 +1,8 @@
-"""Training: the robust optimizer of App. C.1 and maximum-likelihood training (``ml.fit``)."""
+"""Training: the robust optimizer of App. C.1, maximum-likelihood training (``ml.fit``) and FAB
+(``fab.fab``, with ``hmc``, ``ais`` and ``buffer``), data parallel (``parallel``)."""
 
 from .ml import PUBLISHED, fit, joint_nll, make_optimizer
-from . import parallel  # data parallel: make_mesh, shard_batch, replicate
+from . import fab, parallel  # FAB training (fab.fab); data parallel: make_mesh, shard_batch, replicate
 from .optim import (
     SkipClipState,
     mask_bad_examples,
@@ -12,6 +13,7 @@ from .optim import (
 
 __all__ = [
     "PUBLISHED",
+    "fab",
     "SkipClipState",
     "fit",
     "joint_nll",
