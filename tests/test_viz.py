@@ -87,3 +87,22 @@ def test_slider_figure_redraws():
     assert calls == [0.0, 45.0]
     assert box.output is box.children[-1] and set(box.controls) == {"theta"}
     assert set(widgets.rotation_sliders(3)) == {"alpha", "beta", "gamma"}
+
+
+def test_fab_curves_plots_ess_in_percent_against_iteration_or_time():
+    from eacf_lab.viz.histograms import fab_curves
+    it = list(range(1, 11))
+    history = {"iteration": it, "time": [2.0 * i for i in it], "loss": [5.0 - 0.1 * i for i in it],
+               "flow_ess": [0.01 * i for i in it], "eval_iteration": [1, 10], "eval_reverse_ess": [0.01, 0.2],
+               "eval_ais_ess": [0.05, 0.4], "eval_forward_ess": [0.02, 0.3]}
+    fig = fab_curves(history)
+    by_name = {t.name: t for t in fig.data}
+    assert list(by_name["flow reverse ESS (eval)"].y) == pytest.approx([1.0, 20.0])  # percent
+    assert list(by_name["AIS ESS towards p (eval)"].x) == [1, 10]
+    assert "forward ESS (test set)" in by_name and "loss" in by_name
+    fig_t = fab_curves(history, x="time")
+    assert list({t.name: t for t in fig_t.data}["flow reverse ESS (eval)"].x) == pytest.approx([2.0, 20.0])
+    with pytest.raises(ValueError, match="fab.fab"):
+        fab_curves({"step": [1]})
+    with pytest.raises(ValueError, match="'iteration' or 'time'"):
+        fab_curves(history, x="epoch")
