@@ -52,3 +52,15 @@ def check_zero_com(x, name: str = "x", rtol: float = 1e-4) -> None:
                 f"{name} must have zero centre of mass (|CoM| <= {tol:.2g}), got |CoM| = {com:.3g}; "
                 "use eacf_lab.remove_com(x) first"
             )
+
+
+def check_dataset(data, n_nodes: int, dim: int, name: str) -> np.ndarray:
+    """``data`` as float32 ``(N, n_nodes, dim)``; one-line ``ValueError`` unless finite and zero-CoM."""
+    data = np.asarray(data, dtype=np.float32)
+    if data.ndim != 3 or data.shape[1:] != (n_nodes, dim):
+        raise ValueError(f"{name} must have shape (N, {n_nodes}, {dim}), got {data.shape}")
+    if not np.all(np.isfinite(data)):
+        raise ValueError(f"{name} holds NaN/inf values")
+    if np.abs(data.mean(axis=1)).max() > 1e-4 * (1 + np.abs(data).max()):
+        raise ValueError(f"{name} must be zero-CoM; use eacf_lab.remove_com first")
+    return data

@@ -111,10 +111,22 @@ def _open_run(args):
     return ckpt, extra
 
 
+def _finish_run(args, flow, ckpt, metrics, shown_without_eval):
+    """End of ``train`` / ``fab``: evaluate (unless --no-eval), write ``flow.eqx`` (flow + the run's
+    config + metrics) and ``metrics.json``, print the evaluation (or ``shown_without_eval``)."""
+    from eacf_lab import checkpoint
+    if not args.no_eval:
+        metrics["eval"] = _summary(_evaluate(flow, args.target, args, args.out))
+    config = checkpoint.peek(ckpt)["config"]
+    checkpoint.save(os.path.join(args.out, "flow.eqx"), flow, config, metrics)
+    _write_json(os.path.join(args.out, "metrics.json"), metrics)
+    print(json.dumps(metrics.get("eval", shown_without_eval), indent=1, default=float))
+
+
 def cmd_train(args):
     import jax
 
-    from eacf_lab import checkpoint, data
+    from eacf_lab import data
     from eacf_lab.train import ml
     from eacf_lab.viz import histograms
     pub = ml.PUBLISHED[args.target]
@@ -144,18 +156,13 @@ def cmd_train(args):
     metrics = {"target": args.target, "projection": args.projection, "command": args.command_line, "train": cost,
                "final_train_nll": history["nll"][-1] if history["nll"] else None,
                "final_val_joint_nll": history["val_nll"][-1] if history["val_nll"] else None}
-    if not args.no_eval:
-        metrics["eval"] = _summary(_evaluate(flow, args.target, args, args.out))
-    config = checkpoint.peek(ckpt)["config"]
-    checkpoint.save(os.path.join(args.out, "flow.eqx"), flow, config, metrics)
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
-    print(json.dumps(metrics.get("eval", metrics), indent=1, default=float))
+    _finish_run(args, flow, ckpt, metrics, metrics)
 
 
 def cmd_fab(args):
     import jax
 
-    from eacf_lab import checkpoint, data, targets
+    from eacf_lab import data, targets
     from eacf_lab.train import fab
     from eacf_lab.viz import histograms
     pub = fab.PUBLISHED_FAB[args.target]
@@ -189,12 +196,7 @@ def cmd_fab(args):
             "n_params": flow.n_params(), "machine": _machine()}
     metrics = {"target": args.target, "projection": args.projection, "method": "fab", "command": args.command_line,
                "train": cost, "ess_curve": {k: history[k] for k in history if k.startswith("eval_")}}
-    if not args.no_eval:
-        metrics["eval"] = _summary(_evaluate(flow, args.target, args, args.out))
-    config = checkpoint.peek(ckpt)["config"]
-    checkpoint.save(os.path.join(args.out, "flow.eqx"), flow, config, metrics)
-    _write_json(os.path.join(args.out, "metrics.json"), metrics)
-    print(json.dumps(metrics.get("eval", cost), indent=1, default=float))
+    _finish_run(args, flow, ckpt, metrics, cost)
 
 
 def _flow_options(p):

@@ -187,8 +187,9 @@ def batch(values, n=2, d=2, k=1):
 def test_buffer_add_drops_invalid_rows_and_wraps_around():
     buf = replay.init(5, 2, 2, 1)
     x, a, lw, lq = batch([1.0, 2.0, 3.0])
-    x = x.at[1].set(jnp.nan)  # a NaN sample never enters the buffer
-    buf = replay.add(buf, x, a, lw, lq)
+    with jax.debug_nans(False):  # a NaN sample never enters the buffer
+        x = x.at[1].set(jnp.nan)
+        buf = replay.add(buf, x, a, lw, lq)
     assert int(buf.count) == 2 and int(buf.head) == 2
     assert buf.log_w[:2].tolist() == [1.0, 3.0] and buf.log_q_old[:2].tolist() == [-1.0, -3.0]
     x, a, lw, lq = batch([4.0, 5.0, 6.0, 7.0])
@@ -223,7 +224,8 @@ def test_buffer_sample_is_without_replacement_and_prioritised():
 
 def test_buffer_adjust():
     buf = replay.add(replay.init(4, 2, 2, 1), *batch([1.0, 2.0, 3.0]))
-    new = replay.adjust(buf, jnp.array([0, 2]), jnp.array([0.5, jnp.nan]), alpha=2.0)
+    with jax.debug_nans(False):  # the NaN log q is the point of the test
+        new = replay.adjust(buf, jnp.array([0, 2]), jnp.array([0.5, jnp.nan]), alpha=2.0)
     # slot 0: log w = 1 + (1 - 2)(0.5 - (-1)) = -0.5; log q_old = 0.5
     assert new.log_w.tolist()[:3] == [-0.5, 2.0, -math.inf]  # NaN log q: never drawn again
     assert new.log_q_old.tolist()[:2] == [0.5, -2.0]
@@ -232,17 +234,17 @@ def test_buffer_adjust():
 # ---- the FAB loss and loop ---------------------------------------------------------------------
 
 def test_fab_loss_weights_and_gradients():
-    flow = el.testing.perturb(el.make_flow(jax.random.key(0), N, D, "spherical", **TINY), scale=0.1)
+    flow = el.testing.perturb(el.make_flow(jax.random.key(0), N, D, "spherical", **TINY), key=jax.random.key(7), scale=0.1)
     xs, as_, log_q = jax.vmap(flow.sample_and_log_prob)(jax.random.split(jax.random.key(1), 6))
     # stored log q = current log q: weight 1, loss = -mean log q
     loss, (nll, _, n_masked) = fab_loss(flow, xs, as_, log_q)
     assert float(loss) == pytest.approx(-float(jnp.mean(log_q)), rel=1e-4) and int(n_masked) == 0
-    # a stale log q_old far above the current: weight exp(-(1 - 2) * ...) clipped at 10
-    loss_clip, _ = fab_loss(flow, xs, as_, log_q - 100.0)
+    # stored log q_old far above the current: w_adj = exp((1 - 2)(log q - log q_old)) = e^100, clipped at 10
+    loss_clip, _ = fab_loss(flow, xs, as_, log_q + 100.0)
     assert float(loss_clip) == pytest.approx(-10 * float(jnp.mean(log_q)), rel=1e-4)
     # one non-finite stored value: masked, gradient finite
-    bad = log_q.at[0].set(jnp.nan)
     with jax.debug_nans(False):
+        bad = log_q.at[0].set(jnp.nan)
         (loss_b, (_, _, n_b)), g = eqx.filter_value_and_grad(fab_loss, has_aux=True)(flow, xs, as_, bad)
     assert int(n_b) == 1 and np.isfinite(float(loss_b))
     assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_array)))

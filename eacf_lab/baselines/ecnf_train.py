@@ -32,6 +32,7 @@ import optax
 from tqdm.auto import tqdm
 
 from eacf_lab import checkpoint, data
+from eacf_lab.checks import check_dataset
 from eacf_lab.baselines.ecnf import ECNF, flow_matching_loss, make_ecnf
 
 __all__ = ["fit_ecnf", "ecnf_nll", "ecnf_sample_and_log_prob", "main"]
@@ -54,17 +55,6 @@ def _eval_loss(model, x, key, align):
     return _batch_loss(model, x, key, align)
 
 
-def _check_data(model, x, name):
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim != 3 or x.shape[1:] != (model.n_nodes, model.dim):
-        raise ValueError(f"{name} must have shape (N, {model.n_nodes}, {model.dim}), got {x.shape}")
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"{name} holds NaN/inf values")
-    if np.abs(x.mean(axis=1)).max() > 1e-4 * (1 + np.abs(x).max()):
-        raise ValueError(f"{name} must be zero-CoM; use eacf_lab.remove_com first")
-    return x
-
-
 def fit_ecnf(model: ECNF, train_data, *, key, epochs, batch_size=128, lr=5e-4, warmup_frac=0.05, align=True,
              val_data=None, n_evals=20, progress=True, checkpoint_path=None, extra_config=None):
     """Train ``model`` by conditional flow matching on ``train_data: (N, n_nodes, dim)`` (zero-CoM).
@@ -82,8 +72,8 @@ def fit_ecnf(model: ECNF, train_data, *, key, epochs, batch_size=128, lr=5e-4, w
     Returns ``(model, history)``: ``history["step"/"loss"/"grad_norm"/"time"]`` per step and
     ``history["val_step"/"val_loss"]``.
     """
-    train = _check_data(model, train_data, "train_data")
-    val = None if val_data is None else _check_data(model, val_data, "val_data")
+    train = check_dataset(train_data, model.n_nodes, model.dim, "train_data")
+    val = None if val_data is None else check_dataset(val_data, model.n_nodes, model.dim, "val_data")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(train):
@@ -136,7 +126,7 @@ def ecnf_sample_and_log_prob(model, keys):
 
 def ecnf_nll(model: ECNF, test_data, *, batch_size=100):
     """Exact test NLL ``-mean log q(x)`` and its standard error over ``test_data: (N, n, d)``."""
-    test = _check_data(model, test_data, "test_data")
+    test = check_dataset(test_data, model.n_nodes, model.dim, "test_data")
     batch_size = min(batch_size, len(test))  # no padding beyond the data: each pad is a full ODE solve
     out = []
     for start in range(0, len(test), batch_size):

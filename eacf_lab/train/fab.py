@@ -41,7 +41,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eacf_lab import checkpoint
-from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
+from eacf_lab.checks import check_dataset
+from eacf_lab.estimators import forward_ess, reverse_ess
+from eacf_lab.evaluate import _test_chunk
 from eacf_lab.train import buffer as replay
 from eacf_lab.train.ais import ais
 from eacf_lab.train.hmc import adapt_step_size
@@ -129,15 +131,6 @@ def _dtype(flow):
     return jax.tree_util.tree_leaves(eqx.filter(flow, eqx.is_inexact_array))[0].dtype
 
 
-@eqx.filter_jit
-def _eval_test(flow, target, x, key, n_marginal):
-    k1, k2 = jax.random.split(key)
-    marg = jax.vmap(marginal_log_prob, in_axes=(None, 0, 0, None))(flow, x, jax.random.split(k1, x.shape[0]), n_marginal)
-    a = jax.vmap(flow.sample_aug)(jax.random.split(k2, x.shape[0]), x)
-    log_w = jax.vmap(target.log_prob)(x) + jax.vmap(flow.aug_target_log_prob)(x, a) - jax.vmap(flow.log_prob)(x, a)
-    return marg, log_w
-
-
 def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=None, n_marginal=20,
                  n_leapfrog=5, chunk_size=None) -> dict:
     """Quick FAB metrics: ``reverse_ess`` of the flow and ``ais_ess`` of AIS towards ``p`` (alpha = 1,
@@ -152,7 +145,7 @@ def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=Non
     out = {"reverse_ess": float(reverse_ess(jnp.concatenate([r.log_w_flow for r in parts]))),
            "ais_ess": float(reverse_ess(jnp.concatenate([r.log_w for r in parts])))}
     if test_data is not None:
-        marg, log_w = _eval_test(flow, target, jnp.asarray(test_data), k_test, n_marginal)
+        marg, _, log_w = _test_chunk(flow, target, jnp.asarray(test_data), k_test, n_marginal)
         out["forward_ess"] = float(forward_ess(log_w))
         marg = np.asarray(marg)
         out["nll"] = float(-np.mean(marg[np.isfinite(marg)])) if np.isfinite(marg).any() else float("nan")
@@ -220,9 +213,7 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         raise ValueError("resume=True needs a checkpoint_path")
     test = None
     if test_data is not None:
-        test = np.asarray(test_data, np.float32)
-        if test.ndim != 3 or test.shape[1:] != (flow.n_nodes, flow.dim):
-            raise ValueError(f"test_data must have shape (N, {flow.n_nodes}, {flow.dim}), got {test.shape}")
+        test = check_dataset(test_data, flow.n_nodes, flow.dim, "test_data")
 
     n_steps = n_iterations * n_updates
     optimizer = _optimizer(n_steps, init_lr, peak_lr, end_lr, min(int(warmup_fraction * n_steps), n_steps - 1))

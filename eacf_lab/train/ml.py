@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from eacf_lab import checkpoint
+from eacf_lab.checks import check_dataset
 from eacf_lab.data import sha256_of
 from eacf_lab.geometry import random_rotation
 from eacf_lab.train import parallel
@@ -114,17 +115,6 @@ def joint_nll(flow, data, *, key, batch_size=256, mesh=None) -> float:
     return float(-np.mean(log_q[np.isfinite(log_q)])) if np.isfinite(log_q).any() else float("nan")
 
 
-def _check_data(flow, data, name):
-    data = np.asarray(data, dtype=np.float32)
-    if data.ndim != 3 or data.shape[1:] != (flow.n_nodes, flow.dim):
-        raise ValueError(f"{name} must have shape (N, {flow.n_nodes}, {flow.dim}), got {data.shape}")
-    if not np.all(np.isfinite(data)):
-        raise ValueError(f"{name} holds NaN/inf values")
-    if np.abs(data.mean(axis=1)).max() > 1e-4 * (1 + np.abs(data).max()):
-        raise ValueError(f"{name} must be zero-CoM; use eacf_lab.remove_com first")
-    return data
-
-
 def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=False, val_data=None,
         eval_every=None, callback=None, progress=True, checkpoint_path=None, checkpoint_every=None,
         resume=False, stop_at_step=None, init_lr=2e-5, peak_lr=2e-4, end_lr=2e-5, warmup_epochs=None,
@@ -156,8 +146,8 @@ def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=
     Returns ``(flow, history)``: ``history`` is a dict of lists, one entry per step for
     ``HISTORY_KEYS`` and ``val_step``/``val_nll`` for the evaluations.
     """
-    train = _check_data(flow, train_data, "train_data")
-    val = None if val_data is None else _check_data(flow, val_data, "val_data")
+    train = check_dataset(train_data, flow.n_nodes, flow.dim, "train_data")
+    val = None if val_data is None else check_dataset(val_data, flow.n_nodes, flow.dim, "val_data")
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs must be a positive int, got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or not 1 <= batch_size <= len(train):
