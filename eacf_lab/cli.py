@@ -87,14 +87,22 @@ def _load(path_or_name):
 def _new_flow(args):
     """The flow ``train`` / ``fab`` start from: ``make_flow`` with the size options (tiny with --quick)."""
     import jax
+    import jax.numpy as jnp
 
     from eacf_lab import data, factory
     sizes = {k: getattr(args, k) for k in SIZES + ("n_blocks",) if getattr(args, k) is not None}
     if args.quick:
         sizes = {**QUICK_SIZES, **sizes}
+    from eacf_lab.train.ml import TARGET_FLOW
     n_nodes, dim = data.SPECS[args.target]
+    per_target = dict(TARGET_FLOW.get(args.target, {}))
+    features = jnp.eye(n_nodes) if per_target.pop("atom_index_features", False) else None  # one-hot atom index
+    if not args.quick:
+        sizes.setdefault("n_blocks", per_target.get("n_blocks", 12))
+    r_max = per_target.get("r_max", 10.0) if args.r_max is None else args.r_max
     return factory.make_flow(jax.random.key(args.seed), n_nodes, dim, args.projection, n_aug=args.n_aug,
-                             n_bins=args.n_bins, r_max=args.r_max, inner=args.inner, **sizes)
+                             n_bins=args.n_bins, r_max=r_max, inner=args.inner, eta=per_target.get("eta", 0.1),
+                             node_features=features, **sizes)
 
 
 def _open_run(args):
@@ -203,10 +211,10 @@ def _flow_options(p):
     p.add_argument("--projection", default="spherical", choices=["spherical", "cartesian", "vector", "none"],
                    help="E-ACF projection, or 'none' for the Non-E-ACF (default spherical)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and training (default 0)")
-    p.add_argument("--n-blocks", type=_positive, help="flow blocks (default 12)")
+    p.add_argument("--n-blocks", type=_positive, help="flow blocks (default 12; aldp 20)")
     p.add_argument("--n-aug", type=_positive, default=1, help="augmented sets k, odd (default 1)")
     p.add_argument("--n-bins", type=_positive, default=8, help="spline bins (default 8)")
-    p.add_argument("--r-max", type=float, default=10.0, help="radial spline range [0, R] (default 10)")
+    p.add_argument("--r-max", type=float, help="radial spline range [0, R] (default 10; aldp 3 nm)")
     p.add_argument("--inner", choices=["affine", "spline"], default="affine", help="inner transform of cartesian/none")
     for s in SIZES:
         p.add_argument("--" + s.replace("_", "-"), type=_positive, dest=s, help=f"network size {s} (default: make_flow's)")
@@ -216,7 +224,7 @@ def cmd_eval(args):
     flow, info = _load(args.checkpoint)
     target = args.target or (info["config"].get("extra") or {}).get("target")
     if target is None:
-        raise UsageError(f"{args.checkpoint} does not record its target; pass --target dw4|lj13")
+        raise UsageError(f"{args.checkpoint} does not record its target; pass --target dw4|lj13|aldp")
     if args.out:
         os.makedirs(args.out, exist_ok=True)
     m = _evaluate(flow, target, args, args.out)
@@ -276,10 +284,11 @@ def build_parser():
                        description="Train a flow by maximum likelihood on the kit's DW4/LJ13 data (paper App. C.1).",
                        epilog="Example:\n  eacf-lab train dw4 --projection spherical --epochs 100 --out runs/dw4-sph\n"
                               "  eacf-lab train dw4 --quick --out runs/smoke     # seconds-long smoke run")
-    t.add_argument("target", choices=["dw4", "lj13"], help="dataset / target energy")
+    t.add_argument("target", choices=["dw4", "lj13", "aldp"],
+                   help="dataset / target energy (aldp: alanine dipeptide, atom-index features, eta 0.5 nm)")
     t.add_argument("--out", required=True, help="run folder (created; resumed if it holds this run)")
     _flow_options(t)
-    t.add_argument("--epochs", type=_positive, help="epochs (default: published, DW4 100, LJ13 400)")
+    t.add_argument("--epochs", type=_positive, help="epochs (default: published, DW4 100, LJ13 400; aldp 20)")
     t.add_argument("--batch-size", type=_positive, default=32, help="minibatch size (default 32)")
     t.add_argument("--aux-weight", type=float, help="collinearity-loss weight (default: DW4 0, LJ13 10)")
     t.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
@@ -323,7 +332,7 @@ def build_parser():
                        description="Evaluate a checkpoint (or a pretrained name) on its target's test set.",
                        epilog="Example:\n  eacf-lab eval runs/dw4-sph/flow.eqx --n-samples 10000 --out runs/dw4-sph/eval")
     e.add_argument("checkpoint", help="checkpoint file, or a name from eacf_lab.pretrained.available()")
-    e.add_argument("--target", choices=["dw4", "lj13"], help="target (default: the one recorded in the checkpoint)")
+    e.add_argument("--target", choices=["dw4", "lj13", "aldp"], help="target (default: the one recorded in the checkpoint)")
     e.add_argument("--out", help="folder for eval.json and figures (default: print only)")
     e.add_argument("--seed", type=int, default=0, help="seed of the estimators (default 0)")
     _eval_options(e)

@@ -9,6 +9,9 @@
   ``ESS = (sum w)^2 / (N sum w^2)``.
 * Forward ESS from target samples, ``ESS = 1 / (mean(w) mean(1 / w))``.
 
+* Self-normalised importance sampling ``snis(f, log_w)``: ``E_p[f] ~= sum_i wbar_i f_i`` with a
+  delta-method standard error (NumPy; for expectations under ``p`` from flow samples).
+
 Both ESS are normalised fractions in ``[0, 1]`` and are computed from log-weights with
 ``logsumexp`` so unnormalised targets are fine.
 """
@@ -19,10 +22,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import logsumexp
 
 
-__all__ = ["marginal_log_prob", "reverse_ess", "forward_ess"]
+__all__ = ["marginal_log_prob", "reverse_ess", "forward_ess", "snis"]
 
 
 def marginal_log_prob(flow, x, key, n_samples: int = 20):
@@ -64,3 +68,23 @@ def forward_ess(log_w):
     n = log_w.shape[0]
     ess = jnp.exp(2 * math.log(n) - logsumexp(log_w) - logsumexp(-log_w))
     return jnp.where(jnp.isfinite(ess), ess, 0.0)
+
+
+def snis(f, log_w):
+    """Self-normalised importance-sampling estimate of ``E_p[f]`` and its delta-method standard error.
+
+    ``f: (N,)`` values at flow samples, ``log_w: (N,)`` their log weights ``log p~ - log q`` (any
+    constant offset).  ``mean = sum_i wbar_i f_i`` with ``wbar = w / sum w``; ``se^2 =
+    sum_i wbar_i^2 (f_i - mean)^2``.  Samples with a non-finite ``f`` or ``log_w`` are dropped.
+    Returns ``(mean, se)`` as floats; ``ValueError`` if no sample is usable.
+    """
+    f, log_w = np.asarray(f, np.float64), np.asarray(log_w, np.float64)
+    if f.ndim != 1 or f.shape != log_w.shape:
+        raise ValueError(f"f and log_w must be 1-D of the same length, got {f.shape} and {log_w.shape}")
+    ok = np.isfinite(log_w) & np.isfinite(f)
+    if not ok.any():
+        raise ValueError("no sample has a finite f and log_w")
+    wbar = np.exp(log_w[ok] - log_w[ok].max())
+    wbar /= wbar.sum()
+    mean = float(np.sum(wbar * f[ok]))
+    return mean, float(np.sqrt(np.sum(wbar ** 2 * (f[ok] - mean) ** 2)))

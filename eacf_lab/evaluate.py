@@ -31,12 +31,14 @@ import numpy as np
 
 from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
 
-__all__ = ["evaluate", "pair_distances", "histogram"]
+__all__ = ["evaluate", "pair_distances", "histogram", "data_point_terms", "flow_sample_terms", "in_chunks"]
 
 
 @eqx.filter_jit
-def _test_chunk(flow, target, x, key, n_marginal):
-    """Per test point: marginal log q^(x), joint log q(x, a), log w for the forward ESS."""
+def data_point_terms(flow, target, x, key, n_marginal):
+    """Per data point of ``x: (B, n_nodes, dim)``: marginal ``log q^(x)`` (Eq. 21, ``n_marginal``
+    draws), joint ``log q(x, a)`` and ``log w`` for the forward ESS, each ``(B,)``; one jitted chunk
+    (shared by ``evaluate``, FAB's evaluation and ``aldp_eval``)."""
     k1, k2 = jax.random.split(key)
     marg = jax.vmap(marginal_log_prob, in_axes=(None, 0, 0, None))(flow, x, jax.random.split(k1, x.shape[0]), n_marginal)
     a = jax.vmap(flow.sample_aug)(jax.random.split(k2, x.shape[0]), x)
@@ -46,14 +48,15 @@ def _test_chunk(flow, target, x, key, n_marginal):
 
 
 @eqx.filter_jit
-def _flow_chunk(flow, target, keys):
-    """Per flow sample: x, energy, log w = log p~(x) + log pi(a | x) - log q(x, a)."""
+def flow_sample_terms(flow, target, keys):
+    """Per key of ``keys: (B,)``: a flow sample ``x: (B, n_nodes, dim)``, its energy ``(B,)`` and
+    ``log w = log p~(x) + log pi(a | x) - log q(x, a)``, ``(B,)``; one jitted chunk."""
     x, a, log_q = jax.vmap(flow.sample_and_log_prob)(keys)
     log_p = jax.vmap(target.log_prob)(x)
     return x, -log_p, log_p + jax.vmap(flow.aug_target_log_prob)(x, a) - log_q
 
 
-def _chunked(fn, n, batch_size):
+def in_chunks(fn, n, batch_size):
     """Call ``fn(start, size)`` on fixed-size chunks covering ``range(n)``; concatenate outputs."""
     outs = []
     for start in range(0, n, batch_size):
@@ -119,14 +122,14 @@ def evaluate(flow, target, test_data, *, key, n_flow_samples=10_000, n_marginal=
     padded = np.concatenate([test, np.repeat(test[:1], (-n) % batch_size, 0)])
 
     def test_fn(start, size):
-        return _test_chunk(flow, target, jnp.asarray(padded[start:start + size]),
+        return data_point_terms(flow, target, jnp.asarray(padded[start:start + size]),
                            jax.random.fold_in(k_test, start), n_marginal)
 
     def flow_fn(start, size):
-        return _flow_chunk(flow, target, jax.random.split(jax.random.fold_in(k_flow, start), size))
+        return flow_sample_terms(flow, target, jax.random.split(jax.random.fold_in(k_flow, start), size))
 
-    marg, joint, log_w_fwd = _chunked(test_fn, n, batch_size)
-    x_s, e_s, log_w_rev = _chunked(flow_fn, n_flow_samples, batch_size)
+    marg, joint, log_w_fwd = in_chunks(test_fn, n, batch_size)
+    x_s, e_s, log_w_rev = in_chunks(flow_fn, n_flow_samples, batch_size)
 
     finite = np.isfinite(log_w_rev)
     ess_rev = float(reverse_ess(jnp.asarray(log_w_rev)))

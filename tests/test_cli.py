@@ -76,3 +76,18 @@ def test_module_entry_point_exit_code():
     r = subprocess.run([sys.executable, "-m", "eacf_lab.cli", "train", "dw4", "--out", "x", "--batch-size", "zero"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "positive integer" in r.stderr
+
+
+def test_aldp_flow_gets_per_target_settings():
+    """``train aldp`` builds the App. C.3.2 flow: one-hot atom-index features, eta 0.5 nm, radii in
+    [0, 3] nm, 20 blocks unless told otherwise; DW4 keeps the DW4/LJ13 settings."""
+    from eacf_lab.cli import _new_flow, build_parser
+    parse = build_parser().parse_args
+    flow = _new_flow(parse(["train", "aldp", "--out", "x", "--n-blocks", "1", "--n-invariant", "8", "--mlp-width", "8",
+                            "--egnn-hidden", "8", "--egnn-layers", "1"]))
+    cfg = flow.config
+    assert (cfg["n_nodes"], cfg["dim"], cfg["eta"], cfg["r_max"], cfg["n_blocks"]) == (22, 3, 0.5, 3.0, 1)
+    assert tuple(cfg["node_features_shape"]) == (22, 22) and np.array_equal(flow.node_features, np.eye(22))
+    assert _new_flow(parse(["train", "aldp", "--out", "x", "--quick", "--r-max", "2.5"])).config["r_max"] == 2.5
+    dw4 = _new_flow(parse(["train", "dw4", "--out", "x", "--quick"])).config
+    assert (dw4["eta"], dw4["r_max"], dw4["node_features_shape"]) == (0.1, 10.0, None)

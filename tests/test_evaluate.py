@@ -65,3 +65,22 @@ def test_bad_inputs():
         evaluate(flow, targets.LJ13(), np.zeros((3, 4, 2)), key=jax.random.key(0))
     with pytest.raises(ValueError, match="n_marginal"):
         evaluate(flow, targets.DW4(), np.zeros((3, 4, 2)), key=jax.random.key(0), n_marginal=0)
+
+
+def test_snis_unbiased_for_a_known_gaussian_expectation():
+    """q = N(0, 1), p = N(1, 1): SNIS of E_p[x] = 1 agrees within 4 se, and se matches the spread."""
+    from eacf_lab.estimators import snis
+    rng = np.random.default_rng(0)
+    estimates = []
+    for _ in range(50):
+        x = rng.normal(size=2000)
+        log_w = -0.5 * (x - 1.0) ** 2 + 0.5 * x ** 2 + 7.0  # log p - log q up to a constant
+        estimates.append(snis(x, log_w))
+    means, ses = np.array(estimates).T
+    assert abs(means.mean() - 1.0) < 4 * means.std() / np.sqrt(len(means))
+    assert ses.mean() == pytest.approx(means.std(), rel=0.3)
+    # Non-finite samples are dropped; equal weights give the plain mean and the std / sqrt(N)-like se.
+    m, se = snis(np.array([1.0, 2.0, 3.0, np.nan]), np.array([0.0, 0.0, 0.0, 0.0]))
+    assert m == pytest.approx(2.0) and se == pytest.approx(np.sqrt(2 / 9))
+    with pytest.raises(ValueError, match="same length"):
+        snis(np.ones(3), np.zeros(2))

@@ -12,7 +12,7 @@ import eacf_lab as el
 from eacf_lab.geometry import zero_com_gaussian_log_prob
 from eacf_lab.train import buffer as replay
 from eacf_lab.train.ais import ais, betas
-from eacf_lab.train.fab import _ais_pass, evaluate_fab, fab, fab_loss
+from eacf_lab.train.fab import ais_pass, evaluate_fab, fab, fab_loss
 from eacf_lab.train.hmc import adapt_step_size, hmc_point, hmc_step
 
 from registry import TINY
@@ -139,7 +139,7 @@ CHAINS, LEVELS = 64, 2  # small: the tests run XLA without LLVM optimisations, A
 
 
 def run_ais(flow, target, key, alpha):
-    return _ais_pass(flow, target, key, jnp.full((LEVELS,), 0.05), jnp.asarray(alpha, jnp.float32), CHAINS, 5)
+    return ais_pass(flow, target, key, jnp.full((LEVELS,), 0.05), jnp.asarray(alpha, jnp.float32), CHAINS, 5)
 
 
 def test_ais_weights_have_zero_variance_when_the_flow_is_the_target():

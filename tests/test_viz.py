@@ -1,5 +1,6 @@
 """eacf_lab.viz: figures carry the expected traces; widgets build and redraw (no browser needed)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import plotly.graph_objects as go
@@ -106,3 +107,76 @@ def test_fab_curves_plots_ess_in_percent_against_iteration_or_time():
         fab_curves({"step": [1]})
     with pytest.raises(ValueError, match="'iteration' or 'time'"):
         fab_curves(history, x="epoch")
+
+
+class _FakeHandle:
+    """Stands in for IPython's DisplayHandle: records the figures shown."""
+
+    def __init__(self, fig):
+        self.figures = [fig]
+
+    def update(self, fig):
+        self.figures.append(fig)
+
+
+@pytest.fixture
+def fake_display(monkeypatch):
+    from eacf_lab.viz import live
+    handles = []
+
+    def display(fig, display_id=False):
+        assert display_id is True, "live figures must be displayed with a display id to be updated"
+        handles.append(_FakeHandle(fig))
+        return handles[-1]
+
+    monkeypatch.setattr(live, "display", display)
+    return handles
+
+
+def test_live_training_plot_accumulates_history_and_redraws(fake_display):
+    from eacf_lab.viz import live
+    cb = live.live_training_plot(every=2, title="demo")
+    for step in range(1, 6):
+        metrics = dict(nll=10.0 - step, aux=0.0, lr=1e-3)
+        if step == 5:
+            metrics["val_nll"] = 4.5
+        cb(step, metrics)
+    (handle,) = fake_display
+    assert cb.handle is handle and cb.history["step"] == [1, 2, 3, 4, 5]
+    assert cb.history["nll"] == [9.0, 8.0, 7.0, 6.0, 5.0]
+    assert cb.history["val_step"] == [5] and cb.history["val_nll"] == [4.5]
+    assert len(handle.figures) == 1 + 3  # initial + steps 2, 4 and the validation step 5
+    last = {t.name: t for t in handle.figures[-1].data}
+    assert list(last["validation joint NLL"].y) == [4.5] and len(last["train NLL (batch)"].y) == 5
+
+
+def test_live_fab_plot_accumulates_what_fab_curves_reads(fake_display):
+    from eacf_lab.viz import live
+    cb = live.live_fab_plot(every=3, title="fab demo")
+    for it in range(1, 7):
+        row = dict(loss=5.0 - 0.1 * it, flow_ess=0.01 * it, time=2.0 * it, ais_ess=0.5, accept=0.7)
+        if it in (1, 6):
+            row.update(eval_reverse_ess=0.01 * it, eval_ais_ess=0.02 * it)
+        assert not cb(it, row), "the callback must never stop fab"
+    (handle,) = fake_display
+    h = cb.history
+    assert h["iteration"] == list(range(1, 7)) and h["time"] == [2.0 * i for i in range(1, 7)]
+    assert h["eval_iteration"] == [1, 6] and h["eval_reverse_ess"] == pytest.approx([0.01, 0.06])
+    assert h["eval_forward_ess"] == []  # fab evaluated without test data
+    assert len(handle.figures) == 1 + 3  # initial + iterations 1 (eval), 3 (period), 6 (eval and period)
+    last = {t.name: t for t in handle.figures[-1].data}
+    assert list(last["flow reverse ESS (eval)"].y) == pytest.approx([1.0, 6.0])  # percent
+    assert "forward ESS (test set)" not in last
+
+
+def test_time_estimate_counts_steps_of_the_real_run():
+    from eacf_lab import data
+    from eacf_lab.cli import QUICK_SIZES
+    from eacf_lab.viz import live
+    flow = el.make_flow(jax.random.key(0), 4, 2, "cartesian", **QUICK_SIZES)
+    train = data.load("dw4", "train")[:70]
+    n_steps, seconds, compile_s = live.time_estimate(flow, train, epochs=3, batch_size=16, n_timed=4)
+    assert n_steps == 3 * (70 // 16) == 12
+    assert np.isfinite(seconds) and seconds > 0 and compile_s > 0
+    with pytest.raises(ValueError, match="n_timed"):
+        live.time_estimate(flow, train, epochs=3, n_timed=2)

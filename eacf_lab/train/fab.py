@@ -43,14 +43,14 @@ from tqdm.auto import tqdm
 from eacf_lab import checkpoint
 from eacf_lab.checks import check_dataset
 from eacf_lab.estimators import forward_ess, reverse_ess
-from eacf_lab.evaluate import _test_chunk
+from eacf_lab.evaluate import data_point_terms
 from eacf_lab.train import buffer as replay
 from eacf_lab.train.ais import ais
 from eacf_lab.train.hmc import adapt_step_size
 from eacf_lab.train.ml import json_roundtrip
 from eacf_lab.train.optim import mask_bad_examples, robust_adam, warmup_cosine_schedule
 
-__all__ = ["fab", "fab_loss", "evaluate_fab", "PUBLISHED_FAB", "FAB_HISTORY_KEYS"]
+__all__ = ["fab", "fab_loss", "evaluate_fab", "ais_pass", "PUBLISHED_FAB", "FAB_HISTORY_KEYS"]
 
 # Published per-target settings (paper App. C.4).
 PUBLISHED_FAB = {
@@ -80,7 +80,7 @@ def fab_loss(flow, x, a, log_q_old, *, alpha=2.0, w_adj_clip=10.0, aux_weight=0.
 
 
 @eqx.filter_jit
-def _ais_pass(flow, target, key, step_sizes, alpha, n_chains, n_leapfrog):
+def ais_pass(flow, target, key, step_sizes, alpha, n_chains, n_leapfrog):
     """One AIS pass, jitted on its own: ``alpha`` is traced, so the same compiled program serves
     filling the buffer, training (alpha = 2) and evaluation (alpha = 1, in chunks of ``n_chains``)."""
     return ais(key, flow, target, n_chains, step_sizes, alpha=alpha, n_leapfrog=n_leapfrog)
@@ -140,12 +140,12 @@ def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=Non
     chunk = chunk_size or min(n_samples, 1024)
     k_ais, k_test = jax.random.split(key)
     alpha = jnp.asarray(1.0, _dtype(flow))
-    parts = [_ais_pass(flow, target, jax.random.fold_in(k_ais, i), jnp.asarray(step_sizes), alpha, chunk, n_leapfrog)
+    parts = [ais_pass(flow, target, jax.random.fold_in(k_ais, i), jnp.asarray(step_sizes), alpha, chunk, n_leapfrog)
              for i in range(-(-n_samples // chunk))]
     out = {"reverse_ess": float(reverse_ess(jnp.concatenate([r.log_w_flow for r in parts]))),
            "ais_ess": float(reverse_ess(jnp.concatenate([r.log_w for r in parts])))}
     if test_data is not None:
-        marg, _, log_w = _test_chunk(flow, target, jnp.asarray(test_data), k_test, n_marginal)
+        marg, _, log_w = data_point_terms(flow, target, jnp.asarray(test_data), k_test, n_marginal)
         out["forward_ess"] = float(forward_ess(log_w))
         marg = np.asarray(marg)
         out["nll"] = float(-np.mean(marg[np.isfinite(marg)])) if np.isfinite(marg).any() else float("nan")
@@ -253,7 +253,7 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     alpha_arr = jnp.asarray(alpha, dtype)
 
     def ais_and_store(flow, buf, step_sizes, key):
-        res = _ais_pass(flow, target, key, step_sizes, alpha_arr, batch_size, n_leapfrog)
+        res = ais_pass(flow, target, key, step_sizes, alpha_arr, batch_size, n_leapfrog)
         return _store(buf, step_sizes, res)
 
     if it0 == 0 and not history["fill_time"]:  # fill the buffer with AIS samples of the initial flow

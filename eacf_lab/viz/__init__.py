@@ -13,9 +13,12 @@ ipywidgets:
   figure that redraws a plain ``plotly`` figure on every change;
 * ``histograms`` -- distance / energy histograms, ML training curves and FAB's ESS curves
   (training notebooks);
+* ``live``     -- callbacks for ``ml.fit`` and ``fab.fab`` that redraw the training curves in
+  place while training runs, and a time estimate from a few timed steps;
 * ``molecule`` -- PDB text from coordinates, Kabsch alignment, an nglview trajectory of flow
   samples with a frame slider (alanine dipeptide);
-* ``ramachandran`` -- phi/psi angles, importance weights, Ramachandran histograms, plots and KLD.
+* ``ramachandran`` -- Ramachandran heat maps (model / data / reweighted); the histograms, weights
+  and KLD are computed by ``eacf_lab.ramachandran``.
 
 Every function here only *draws* what the library computed; none of them computes a flow,
 a frame or a spline itself (that would be a second copy of library code).

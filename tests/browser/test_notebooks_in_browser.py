@@ -75,10 +75,14 @@ RENDER_JS = """() => {
     const outs = q('.jp-OutputArea-output', c);
     const plots = q('.js-plotly-plot', c);
     return {
-      widgetViews: outs.filter(o => Array.from(o.children).some(ch => ch.classList.contains('jupyter-widgets'))).length,
+      // ipywidgets' renderer swaps its 'Loading widget...' text for the view's Lumino widget;
+      // nglview's view carries only 'lm-Widget', the standard controls also 'jupyter-widgets'.
+      widgetViews: outs.filter(o => Array.from(o.children).some(
+        ch => ch.classList.contains('jupyter-widgets') || ch.classList.contains('lm-Widget'))).length,
       loading: outs.filter(o => o.textContent.includes('Loading widget...')).length,
       widgetErrors: outs.filter(o => /Error displaying widget|model not found/i.test(o.textContent))
                         .map(o => o.textContent.slice(0, 200)),
+      outputClasses: outs.map(o => o.className + ' > ' + Array.from(o.children).map(ch => ch.className).join(' | ')),
       plots: plots.length,
       plotsRendered: plots.filter(p => p.querySelector('.main-svg')).length,
       tracebacks: q('[data-mime-type="application/vnd.jupyter.stderr"]', c)
@@ -98,7 +102,8 @@ def render_problems(mimes: dict, cells: list) -> list[str]:
         shown = mimes.get(str(i), mimes.get(i, []))
         n_widgets, n_plotly = shown.count(WIDGET_MIME), shown.count(PLOTLY_MIME)
         if c["widgetViews"] < n_widgets:
-            problems.append(f"cell {i}: {n_widgets} widget view(s) displayed, {c['widgetViews']} rendered")
+            problems.append(f"cell {i}: {n_widgets} widget view(s) displayed, {c['widgetViews']} rendered "
+                            f"(output elements: {c['outputClasses']})")
         if c["loading"]:
             problems.append(f"cell {i}: {c['loading']} widget(s) still 'Loading widget...'")
         if c["widgetErrors"]:
