@@ -16,7 +16,7 @@ machine) and ``aldp.md``.
 Reference: the paper's best alanine-dipeptide flows reach a Ramachandran KLD of order 3e-3 --
 flows with 20 blocks and the published widths, trained far longer, on far more data (10^6
 training configurations), on GPUs, and evaluated with far more samples (so their histogram KLD has
-a negligible finite-sample floor). A small flow trained for about an hour on 2 CPU cores is not
+a negligible finite-sample floor). A small flow trained for about 1.5 hours on 2 CPU cores is not
 expected to come near; compare ``kld`` with ``kld_floor`` measured here.
 """
 
