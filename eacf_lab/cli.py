@@ -90,10 +90,10 @@ def _new_flow(args):
     import jax.numpy as jnp
 
     from eacf_lab import data, factory
+    from eacf_lab.train.ml import TARGET_FLOW
     sizes = {k: getattr(args, k) for k in SIZES + ("n_blocks",) if getattr(args, k) is not None}
     if args.quick:
         sizes = {**QUICK_SIZES, **sizes}
-    from eacf_lab.train.ml import TARGET_FLOW
     n_nodes, dim = data.SPECS[args.target]
     per_target = dict(TARGET_FLOW.get(args.target, {}))
     features = jnp.eye(n_nodes) if per_target.pop("atom_index_features", False) else None  # one-hot atom index
@@ -281,7 +281,8 @@ def build_parser():
                        "  eacf-lab eval dw4-spherical-ml\n  eacf-lab sample runs/dw4-sph/flow.eqx -n 1000 -o s.npz")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="maximum-likelihood training (published protocol by default)", formatter_class=fmt,
-                       description="Train a flow by maximum likelihood on the kit's DW4/LJ13 data (paper App. C.1).",
+                       description="Train a flow by maximum likelihood on the kit's DW4, LJ13 or alanine-dipeptide "
+                                   "data (paper App. C.1, C.3.2).",
                        epilog="Example:\n  eacf-lab train dw4 --projection spherical --epochs 100 --out runs/dw4-sph\n"
                               "  eacf-lab train dw4 --quick --out runs/smoke     # seconds-long smoke run")
     t.add_argument("target", choices=["dw4", "lj13", "aldp"],
