@@ -36,7 +36,7 @@ import numpy as np
 from eacf_lab import targets
 from eacf_lab.estimators import forward_ess, reverse_ess
 from eacf_lab.evaluate import data_point_terms, flow_sample_terms, in_chunks  # the shared chunked kernels
-from eacf_lab.ramachandran import importance_weights, ramachandran_kld
+from eacf_lab.ramachandran import angles, check_angles, importance_weights, ramachandran_kld
 from eacf_lab.targets import aldp_geometry
 
 __all__ = ["BASINS", "basin_labels", "basin_fractions", "geometry_fractions", "ramachandran_summary",
@@ -56,16 +56,9 @@ def _in(a, lo, hi):
     return (a >= lo) & (a < hi) if lo < hi else (a >= lo) | (a < hi)
 
 
-def _check_angles(phi_psi, name="phi_psi") -> np.ndarray:
-    a = np.asarray(phi_psi, np.float64)
-    if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"{name} must be (n_samples, 2) [phi, psi] in radians, got {a.shape}")
-    return a
-
-
 def basin_labels(phi_psi) -> np.ndarray:
     """``phi_psi: (n, 2)`` radians -> ``(n,)`` int index into ``list(BASINS)`` (-1 for non-finite)."""
-    a = _check_angles(phi_psi)
+    a = check_angles(phi_psi)
     deg = (np.degrees(a) + 180.0) % 360.0 - 180.0  # [-180, 180): phi = pi counts as -180
     labels = np.full(len(a), -1)
     for k, ((p_lo, p_hi), (s_lo, s_hi)) in enumerate(BASINS.values()):
@@ -117,7 +110,7 @@ def ramachandran_summary(data_angles, model_angles, log_w=None, *, clip_fraction
     (``(sum w)^2 / (m sum w^2)`` of the clipped weights; NaN without ``log_w``), ``weights``
     ``(m,)`` (normalised), and ``basins`` ``{"data", "model", "reweighted": {name: fraction}}``.
     """
-    data_angles, model_angles = _check_angles(data_angles, "data_angles"), _check_angles(model_angles, "model_angles")
+    data_angles, model_angles = check_angles(data_angles, "data_angles"), check_angles(model_angles, "model_angles")
     out = {"kld": ramachandran_kld(data_angles, model_angles, bins=bins), "kld_reweighted": float("nan"),
            "reweighted_ess": float("nan"), "weights": None,
            "basins": {"data": basin_fractions(data_angles), "model": basin_fractions(model_angles)}}
@@ -192,8 +185,8 @@ def evaluate_aldp(flow, *, key, test_data, n_samples=10_000, n_test_nll=1000, n_
     masks = geometry_fractions(x)
     ok = masks["finite"] & np.isfinite(log_w)
     keep = masks["l_form"] & ok
-    angles_data = np.asarray(jax.vmap(aldp_geometry.phi_psi)(jnp.asarray(test)), np.float64)
-    angles_model = np.asarray(jax.vmap(aldp_geometry.phi_psi)(jnp.asarray(x[keep])), np.float64).reshape(-1, 2)
+    angles_data = angles(test).astype(np.float64)
+    angles_model = angles(x[keep]).astype(np.float64).reshape(-1, 2)
     if keep.any():
         rama = ramachandran_summary(angles_data, angles_model, log_w[keep], clip_fraction=clip_fraction, bins=bins)
     else:  # nothing to plot: a flow without a single finite L-form sample
@@ -203,8 +196,7 @@ def evaluate_aldp(flow, *, key, test_data, n_samples=10_000, n_test_nll=1000, n_
                                                    "reweighted": dict(nan)}}
     floor = float("nan")
     if floor_data is not None and keep.any():
-        floor = ramachandran_kld(angles_data, np.asarray(jax.vmap(aldp_geometry.phi_psi)(
-            jnp.asarray(np.asarray(floor_data, np.float32)[:int(keep.sum())])), np.float64), bins=bins)
+        floor = ramachandran_kld(angles_data, angles(np.asarray(floor_data, np.float32)[:int(keep.sum())]), bins=bins)
     e_test = -np.asarray(jax.vmap(target.log_prob)(jnp.asarray(nll_set)), np.float64) if m else None
     return {
         "nll": float(-np.mean(marg)), "nll_se": float(np.std(marg) / math.sqrt(max(m, 1))),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["angles", "importance_weights", "histogram2d", "ramachandran_kld", "RANGE"]
+__all__ = ["angles", "check_angles", "importance_weights", "histogram2d", "ramachandran_kld", "RANGE"]
 
 RANGE = ((-np.pi, np.pi), (-np.pi, np.pi))
 
@@ -54,7 +54,8 @@ def importance_weights(log_w, clip_fraction: float = 0.002) -> np.ndarray:
     return w / w.sum()
 
 
-def _split(a, name):
+def check_angles(a, name="phi_psi") -> np.ndarray:
+    """``a`` as a float64 ``(n, 2)`` array of ``[phi, psi]``; ``ValueError`` naming ``name`` otherwise."""
     a = np.asarray(a, np.float64)
     if a.ndim != 2 or a.shape[1] != 2:
         raise ValueError(f"{name} must be (n_samples, 2) [phi, psi] in radians, got {a.shape}")
@@ -63,7 +64,7 @@ def _split(a, name):
 
 def histogram2d(phi_psi, weights=None, bins: int = 100) -> np.ndarray:
     """Normalised ``(bins, bins)`` bin masses of ``phi_psi: (n, 2)`` on ``[-pi, pi]^2`` (sum 1)."""
-    a = _split(phi_psi, "phi_psi")
+    a = check_angles(phi_psi, "phi_psi")
     w = None if weights is None else np.asarray(weights, np.float64)
     if w is not None and (w.shape != (len(a),) or np.any(w < 0) or not np.all(np.isfinite(w))):
         raise ValueError(f"weights must be ({len(a)},), finite and non-negative")
