@@ -11,10 +11,18 @@ One block, sampling direction (Alg. 1):
     B <- T_2(B | A)                 coupling on B given A            (log-det ld_2)
 
 The inverse runs the same steps backwards with inverse couplings; the shift-CoM steps are
-their own kind of inverse (see ``shift_com``).  Blocks are stacked along a leading axis and
-run with ``lax.scan``, so compile time does not grow with depth.  Each block is initialised
-with its own random key (the published code copies one block's initial parameters into all
-blocks; we do not).
+their own kind of inverse (see ``shift_com``).  Each block is initialised with its own random
+key (the published code copies one block's initial parameters into all blocks; we do not).
+
+How it is run: the two couplings of a block have the same structure once the halves are
+swapped after each one, so the flow is a ``lax.scan`` over the ``2 n_blocks`` couplings with
+one coupling as its body:
+
+    X <- shift_com(X, m);  X[:m] <- T(X[:m] | X[m:]);  X <- [X[m:], X[:m]]   (swap halves)
+
+After two such steps the halves are back in place and the result is exactly one block
+(``Block.forward`` spells the block out and is tested against the scan).  Compile time is
+then set by one coupling: it does not grow with depth.
 
 Base: ``q0(z_x, z_a) = N_H(z_x; 0, I) prod_i N(z_a_i; z_x, eta^2 I)`` (zero-CoM Gaussian on the
 hyperplane H times the augmented conditional), the same form as the augmented target
@@ -69,25 +77,46 @@ class Block(eqx.Module):
         return X, ld1 + ld2, 0.5 * (aux1 + aux2)
 
 
+def _swap_halves(X, m):
+    """``[X[:m], X[m:]] -> [X[m:], X[:m]]`` (both halves hold ``m`` arrays)."""
+    return jnp.concatenate([X[m:], X[:m]])
+
+
+def _interleave_couplings(blocks):
+    """Stacked blocks -> stacked couplings ``(2 n_blocks, ...)`` in flow order: T_1, T_2 of
+    block 0, then of block 1, ... (the leaves of both halves have the same shapes)."""
+    a, b = eqx.filter(blocks.couple_a_half, eqx.is_array), eqx.filter(blocks.couple_b_half, eqx.is_array)
+    stacked = jax.tree_util.tree_map(lambda u, v: jnp.stack([u, v], axis=1).reshape(-1, *u.shape[1:]), a, b)
+    return stacked, eqx.filter(blocks.couple_a_half, eqx.is_array, inverse=True)
+
+
 @eqx.filter_jit
 def _scan_blocks(blocks, X, features, inverse: bool, n_blocks: int):
-    """Run all blocks with ``lax.scan`` (reversed, with inverses, when ``inverse``).
+    """Run all blocks as a ``lax.scan`` over their couplings (see the module docstring);
+    reversed, with inverse couplings, when ``inverse``.
 
     Jitted here so that eager calls (a learner in a notebook) compile once per shape instead
     of re-tracing the scan on every call; inside an outer ``jit`` it is simply inlined.
     Returns ``(X, total log-det, mean aux loss)``.
     """
-    params, static = eqx.partition(blocks, eqx.is_array)
+    params, static = _interleave_couplings(blocks)
+    m = blocks.m
 
-    def body(carry, p):
+    def forward(carry, p):  # shift-CoM, couple the first half on the second, swap
         X, ld, aux = carry
-        block = eqx.combine(p, static)
-        X, ld_b, aux_b = block.inverse(X, features) if inverse else block.forward(X, features)
-        return (X, ld + ld_b, aux + aux_b), None
+        X = shift_com(X, m)
+        A, ld_c, aux_c = eqx.combine(p, static).forward(X[:m], X[m:], features)
+        return (_swap_halves(jnp.concatenate([A, X[m:]]), m), ld + ld_c, aux + aux_c), None
+
+    def backward(carry, p):  # the exact inverse of one ``forward`` step
+        X, ld, aux = carry
+        X = _swap_halves(X, m)
+        A, ld_c, aux_c = eqx.combine(p, static).inverse(X[:m], X[m:], features)
+        return (shift_com(jnp.concatenate([A, X[m:]]), 0), ld + ld_c, aux + aux_c), None
 
     zero = jnp.zeros((), X.dtype)
-    (X, ld, aux), _ = jax.lax.scan(body, (X, zero, zero), params, reverse=inverse)
-    return X, ld, aux / n_blocks
+    (X, ld, aux), _ = jax.lax.scan(backward if inverse else forward, (X, zero, zero), params, reverse=inverse)
+    return X, ld, aux / (2 * n_blocks)  # = mean over blocks of the blocks' mean aux
 
 
 class AugmentedFlow(eqx.Module):
