@@ -156,6 +156,15 @@ def test_ais_weights_have_zero_variance_when_the_flow_is_the_target():
     assert np.std(log_w) < 1e-4
     assert res.accept.shape == (LEVELS,) and np.all(np.asarray(res.accept) > 0.5)
     assert np.allclose(np.asarray(el.center_of_mass(res.x[0])), 0.0, atol=1e-5)  # still zero-CoM
+    # The path, level by level: after level k the weight is alpha * beta_k * log Z; the first
+    # column is the flow samples (weight 0), the last the final states with the final weight.
+    assert res.levels_x.shape == (CHAINS, LEVELS + 2, N, D) and res.levels_log_w.shape == (CHAINS, LEVELS + 2)
+    expected = 2 * np.asarray(betas(LEVELS)) * 0.7
+    np.testing.assert_allclose(np.asarray(res.levels_log_w), np.broadcast_to(expected, (CHAINS, LEVELS + 2)), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(res.levels_x[:, -1]), np.asarray(res.x))
+    assert np.allclose(np.asarray(jax.vmap(jax.vmap(el.center_of_mass))(res.levels_x)), 0.0, atol=1e-5)
+    moved = np.linalg.norm(np.asarray(res.levels_x[:, 1] - res.levels_x[:, 0]), axis=(1, 2))
+    assert np.mean(moved > 0) > 0.5  # HMC moved most chains at the first level (acceptance > 0.5)
 
 
 def test_ais_log_z_of_a_gaussian_mixture_is_unbiased():

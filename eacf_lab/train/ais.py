@@ -43,6 +43,13 @@ class AISResult(NamedTuple):
     log densities at the final states; ``accept: (K,)``: mean HMC acceptance per intermediate
     distribution; ``log_w_flow: (B,)``: the plain flow-sample weights ``log p - log q`` at the
     start (for the flow's own reverse ESS).
+
+    The path, level by level (to watch AIS work): ``levels_x: (B, K + 2, n, d)`` and
+    ``levels_log_w: (B, K + 2)``.  Column ``k`` holds the states and the log-weights
+    accumulated so far after the HMC transition at ``beta_k`` (``betas(K)[k]``): a weighted
+    sample of ``pi_{beta_k}``.  Column 0 is the flow samples with ``log w = 0``; column
+    ``K + 1`` is the final states with the final ``log_w`` (a weighted sample of ``g``).
+    Invalid chains carry ``-inf`` in every column.
     """
 
     x: jax.Array
@@ -52,6 +59,8 @@ class AISResult(NamedTuple):
     log_p: jax.Array
     accept: jax.Array
     log_w_flow: jax.Array
+    levels_x: jax.Array
+    levels_log_w: jax.Array
 
 
 def betas(n_intermediate: int):
@@ -129,14 +138,22 @@ def ais(key, flow, target, n_chains: int, step_sizes, *, alpha: float = 2.0, n_l
         c = jnp.stack([1.0 - alpha * b_new, alpha * b_new])
         step = lambda kk, pt: hmc_step(kk, pt, components, c, eps, n_leapfrog, project=project)  # noqa: E731
         points, acc = jax.vmap(step)(jax.random.split(k_level, n_chains), points)
-        return (points, log_w), jnp.mean(acc)
+        return (points, log_w), (jnp.mean(acc), points.z, log_w)
 
     zero = jnp.zeros((n_chains,), z0.dtype)
     inputs = (jax.random.split(k_hmc, n_inter), bs[:n_inter], bs[1:n_inter + 1], step_sizes.astype(z0.dtype))
-    (points, log_w), accept = jax.lax.scan(level, (points, zero), inputs)
+    z_start = points.z
+    (points, log_w), (accept, path_z, path_log_w) = jax.lax.scan(level, (points, zero), inputs)
     log_w = log_w + increment(points, bs[-1], bs[-2])
     ok = ok0 & jnp.isfinite(log_w)
     log_w = jnp.where(ok, log_w, -jnp.inf)
     x, a = jax.vmap(lambda z: _split(flow, z))(points.z)
+    # The path: (K + 2, B, ...) with the flow samples first and the final states last -> chains first.
+    path_z = jnp.concatenate([z_start[None], path_z, points.z[None]])
+    path_log_w = jnp.concatenate([zero[None], path_log_w, log_w[None]])
+    path_x = path_z[:, :, : flow.n_nodes * flow.dim]
+    levels_x = jnp.swapaxes(path_x, 0, 1).reshape(n_chains, n_inter + 2, flow.n_nodes, flow.dim)
+    levels_log_w = jnp.where(ok[:, None], jnp.swapaxes(path_log_w, 0, 1), -jnp.inf)
     return AISResult(x=x, a=a, log_w=log_w, log_q=points.values[:, 0], log_p=points.values[:, 1],
-                     accept=accept, log_w_flow=jnp.where(ok0, log_w_flow, -jnp.inf))
+                     accept=accept, log_w_flow=jnp.where(ok0, log_w_flow, -jnp.inf),
+                     levels_x=levels_x, levels_log_w=levels_log_w)
