@@ -26,7 +26,9 @@ def _check_flow(case):
     *_, log_det = fwd(*args)
     assert abs(float(log_det)) > 1e-2
     x, a = args[0], jnp.stack(args[1:])
-    tol = testing.default_tolerance(x.dtype)
+    # Four couplings amplify round-off: float32 errors reach ~1e-5 (spherical, 3D, 3 augmented
+    # sets: 1.1e-5 measured, 2.5e-15 in float64); a broken symmetry gives > 1e-2 (checked below).
+    tol = 3 * testing.default_tolerance(x.dtype)
     z_x, z_a, ld = flow.inverse(x, a)
     # log q = log q0(z) + log|det|: round-off is relative to the size of these two terms.
     scale = abs(float(flow.base_log_prob(z_x, z_a))) + abs(float(ld))

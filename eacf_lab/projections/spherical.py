@@ -21,6 +21,7 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 
 from eacf_lab.geometry import safe_norm
 from eacf_lab.projections.base import Projection
@@ -51,6 +52,13 @@ class SphericalProjection(Projection):
     @property
     def n_params(self) -> int:
         return self.dim * n_spline_params(self.n_bins)
+
+    def intervals(self):
+        """``(lo, hi, circular)`` of the spline per coordinate, as NumPy arrays of shape ``(dim,)``."""
+        if self.dim == 2:
+            return np.array([0.0, -math.pi]), np.array([self.r_max, math.pi]), np.array([False, True])
+        return (np.array([0.0, 0.0, -math.pi]), np.array([self.r_max, math.pi, math.pi]),
+                np.array([False, False, True]))
 
     def frame(self, x_c, vectors):
         """Origin ``p_0: (dim,)`` and frame ``F: (dim, dim)`` (rows: x-, y-, z-axis) for one node."""
@@ -83,16 +91,12 @@ class SphericalProjection(Projection):
     def transform(self, u, x_c, vectors, params, inverse):
         origin, frame = self.frame(x_c, vectors)
         c, log_vol_in = self.to_spherical(frame @ (u - origin))
-        p = params.reshape(self.dim, -1)
-        r, ld_r = rqs(c[0], p[0], 0.0, self.r_max, inverse=inverse)
-        phi, ld_phi = rqs(c[-1], p[-1], -math.pi, math.pi, circular=True, inverse=inverse)
-        parts, log_det = [r], ld_r + ld_phi
-        if self.dim == 3:
-            theta, ld_theta = rqs(c[1], p[1], 0.0, math.pi, inverse=inverse)
-            parts.append(theta)
-            log_det = log_det + ld_theta
-        parts.append(phi)
-        l_new, log_vol_out = self.from_spherical(jnp.stack(parts))
+        # One spline call for all coordinates, each on its own interval: r on [0, r_max],
+        # (theta on [0, pi],) phi on [-pi, pi] with the circular spline.
+        lo, hi, circular = self.intervals()
+        c_new, ld = rqs(c, params.reshape(self.dim, -1), lo, hi, circular=circular, inverse=inverse)
+        log_det = jnp.sum(ld)
+        l_new, log_vol_out = self.from_spherical(c_new)
         return origin + frame.T @ l_new, log_det + log_vol_out - log_vol_in
 
     def aux_loss(self, vectors):

@@ -10,8 +10,6 @@ A reference frame is ``(origin: (dim,), F: (dim, dim))`` with the axes as the **
 
 from __future__ import annotations
 
-import inspect
-
 import numpy as np
 import plotly.graph_objects as go
 
@@ -104,22 +102,15 @@ def point_cloud_figure(clouds, *, frames=None, frame_scale=1.0, title=None, axis
 def spline_knots(params, lo, hi, *, circular=False):
     """Knots ``(x_k, y_k, slope_k)`` of the spline ``eacf_lab.splines.rqs(., params, lo, hi)``.
 
-    Reads them off the ``distrax`` bijector that ``rqs`` builds, with ``rqs``'s own
-    ``min_bin_size``/``min_knot_slope`` defaults, so the picture shows exactly the
-    spline the library applies.  ``params: (3 n_bins + 1,)``.  Returns three ``(n_bins + 1,)``
-    NumPy arrays.
+    Computed by ``eacf_lab.splines.rqs_knots``, the function ``rqs`` itself uses, so the
+    picture shows exactly the spline the library applies.  ``params: (3 n_bins + 1,)``.
+    Returns three ``(n_bins + 1,)`` NumPy arrays.
     """
-    import distrax
+    import jax.numpy as jnp
 
-    from eacf_lab.splines import rqs
+    from eacf_lab.splines import rqs_knots
 
-    defaults = {k: p.default for k, p in inspect.signature(rqs).parameters.items()
-                if k in ("min_bin_size", "min_knot_slope")}
-    bij = distrax.RationalQuadraticSpline(np.asarray(params), range_min=lo, range_max=hi,
-                                          boundary_slopes="circular" if circular else "unconstrained",
-                                          **defaults)
-    x, y, s = (np.asarray(a, dtype=np.float64) for a in (bij.x_pos, bij.y_pos, bij.knot_slopes))
-    return x, y, s
+    return tuple(np.asarray(a, dtype=np.float64) for a in rqs_knots(jnp.asarray(params), lo, hi, circular=circular))
 
 
 def spline_figure(x, y, *, knots=None, lo=None, hi=None, title=None, height=400, name="spline"):
