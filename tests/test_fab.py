@@ -2,9 +2,6 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import equinox as eqx
@@ -20,6 +17,7 @@ from eacf_lab.train.ais import ais, betas
 from eacf_lab.train.fab import ais_pass, evaluate_fab, fab, fab_loss
 from eacf_lab.train.hmc import adapt_step_size, hmc_point, hmc_step
 
+from child import run_child
 from registry import TINY
 
 N, D = 4, 2
@@ -302,11 +300,7 @@ def test_fab_smoke_run_improves_ess_and_resumes_exactly(tmp_path):
     """A short FAB run on DW4 raises the flow's reverse ESS; a resumed run follows the same path.
 
     Minimal sizes; 16 iterations raise the reverse ESS of 256 flow samples and lower the test NLL."""
-    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_ENABLE_X64")}
-    proc = subprocess.run([sys.executable, "-c", SMOKE_CHILD, str(tmp_path), json.dumps(TINY)], env=env,
-                          capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1][len("RESULT "):])
+    r = run_child(SMOKE_CHILD, tmp_path, json.dumps(TINY), timeout=900)  # XLA's default flags: faster here
     assert r["seen"] == list(range(1, 17))
     ess, nll = r["eval_reverse_ess"], r["eval_nll"]
     assert r["eval_iteration"] == [1, 16]

@@ -7,8 +7,6 @@ virtual CPU devices).  The child computes and prints numbers as JSON; the assert
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,6 +15,8 @@ import pytest
 
 from eacf_lab.cli import build_parser
 from eacf_lab.train import parallel
+
+from child import run_child
 
 CHILD = textwrap.dedent(r"""
     import json, sys
@@ -84,17 +84,10 @@ CHILD = textwrap.dedent(r"""
 @pytest.fixture(scope="module")
 def four_devices(tmp_path_factory):
     """Run ``CHILD`` on 4 virtual CPU devices; its JSON result."""
-    env = dict(os.environ)
     # Same fast-compile flags as tests/conftest.py, plus four host devices.
-    env["XLA_FLAGS"] = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-                        "--xla_force_host_platform_device_count=4")
-    env.pop("JAX_ENABLE_X64", None)
-    run_dir = tmp_path_factory.mktemp("cli-run")
-    proc = subprocess.run([sys.executable, "-c", CHILD, str(run_dir)], check=False, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
-    return json.loads(line[len("RESULT "):])
+    flags = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+             "--xla_force_host_platform_device_count=4")
+    return run_child(CHILD, tmp_path_factory.mktemp("cli-run"), xla_flags=flags)
 
 
 @pytest.mark.slow  # compiles several training steps (~2-3 CPU-minutes for the file)
