@@ -35,7 +35,7 @@ import numpy as np
 
 from eacf_lab import targets
 from eacf_lab.estimators import forward_ess, reverse_ess
-from eacf_lab.evaluate import data_point_terms, flow_sample_terms, in_chunks  # the shared chunked kernels
+from eacf_lab.evaluate import data_terms_in_chunks, flow_terms_in_chunks  # the shared chunked kernels
 from eacf_lab.ramachandran import angles, check_angles, importance_weights, ramachandran_kld
 from eacf_lab.targets import aldp_geometry
 
@@ -169,17 +169,14 @@ def evaluate_aldp(flow, *, key, test_data, n_samples=10_000, n_test_nll=1000, n_
     k_test, k_flow = jax.random.split(key)
 
     t0 = time.perf_counter()
-    x, e_model, log_w = in_chunks(lambda s, size: flow_sample_terms(
-        flow, target, jax.random.split(jax.random.fold_in(k_flow, s), size)), n_samples, batch_size)
+    x, e_model, log_w = flow_terms_in_chunks(flow, target, k_flow, n_samples, batch_size)
     sample_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     nll_set = test[:n_test_nll]
     m = len(nll_set)
     marg = joint = log_w_fwd = np.full(1, np.nan)  # n_test_nll = 0: no NLL, no forward ESS (one compilation less)
     if m:
-        padded = np.concatenate([nll_set, np.repeat(nll_set[:1], (-m) % batch_size, 0)])
-        marg, joint, log_w_fwd = in_chunks(lambda s, size: data_point_terms(
-            flow, target, jnp.asarray(padded[s:s + size]), jax.random.fold_in(k_test, s), n_marginal), m, batch_size)
+        marg, joint, log_w_fwd = data_terms_in_chunks(flow, target, nll_set, k_test, n_marginal, batch_size)
     nll_s = time.perf_counter() - t0
 
     masks = geometry_fractions(x)

@@ -31,7 +31,8 @@ import numpy as np
 
 from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
 
-__all__ = ["evaluate", "pair_distances", "histogram", "data_point_terms", "flow_sample_terms", "in_chunks"]
+__all__ = ["evaluate", "pair_distances", "histogram", "data_point_terms", "flow_sample_terms", "in_chunks",
+           "data_terms_in_chunks", "flow_terms_in_chunks"]
 
 
 @eqx.filter_jit
@@ -64,6 +65,24 @@ def in_chunks(fn, n, batch_size):
         keep = min(batch_size, n - start)
         outs.append([np.asarray(r)[:keep] for r in res])
     return [np.concatenate(parts) for parts in zip(*outs)]
+
+
+def data_terms_in_chunks(flow, target, x, key, n_marginal, batch_size):
+    """``data_point_terms`` for all of ``x: (N, n_nodes, dim)`` in chunks of ``batch_size`` (the
+    last one padded with copies of ``x[0]``, so one compilation serves every chunk; chunk ``s``
+    uses ``fold_in(key, s)``).  Returns ``(marginal, joint log q, log w)``, each ``(N,)``."""
+    x = np.asarray(x)
+    n = len(x)
+    padded = np.concatenate([x, np.repeat(x[:1], (-n) % batch_size, 0)])
+    return in_chunks(lambda start, size: data_point_terms(flow, target, jnp.asarray(padded[start:start + size]),
+                                                          jax.random.fold_in(key, start), n_marginal), n, batch_size)
+
+
+def flow_terms_in_chunks(flow, target, key, n_samples, batch_size):
+    """``flow_sample_terms`` for ``n_samples`` flow samples in chunks of ``batch_size`` (chunk ``s``
+    draws from ``fold_in(key, s)``).  Returns ``(x: (n_samples, n, d), energy, log w)``."""
+    return in_chunks(lambda start, size: flow_sample_terms(
+        flow, target, jax.random.split(jax.random.fold_in(key, start), size)), n_samples, batch_size)
 
 
 def pair_distances(x) -> np.ndarray:
@@ -119,17 +138,8 @@ def evaluate(flow, target, test_data, *, key, n_flow_samples=10_000, n_marginal=
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     k_test, k_flow = jax.random.split(key)
     n = len(test)
-    padded = np.concatenate([test, np.repeat(test[:1], (-n) % batch_size, 0)])
-
-    def test_fn(start, size):
-        return data_point_terms(flow, target, jnp.asarray(padded[start:start + size]),
-                           jax.random.fold_in(k_test, start), n_marginal)
-
-    def flow_fn(start, size):
-        return flow_sample_terms(flow, target, jax.random.split(jax.random.fold_in(k_flow, start), size))
-
-    marg, joint, log_w_fwd = in_chunks(test_fn, n, batch_size)
-    x_s, e_s, log_w_rev = in_chunks(flow_fn, n_flow_samples, batch_size)
+    marg, joint, log_w_fwd = data_terms_in_chunks(flow, target, test, k_test, n_marginal, batch_size)
+    x_s, e_s, log_w_rev = flow_terms_in_chunks(flow, target, k_flow, n_flow_samples, batch_size)
 
     finite = np.isfinite(log_w_rev)
     ess_rev = float(reverse_ess(jnp.asarray(log_w_rev)))
