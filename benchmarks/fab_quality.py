@@ -29,7 +29,7 @@ import time
 import jax
 import numpy as np
 
-from eacf_lab import data, make_flow, targets
+from eacf_lab import checkpoint, data, make_flow, targets
 from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
@@ -69,13 +69,20 @@ def run_one(target_name, projection, seed, args) -> dict:
                  n_marginal=2 if args.smoke else 20)
     curve = {k: history[k] for k in history if k.startswith("eval_")}
     curve["eval_time"] = [float(np.interp(i, history["iteration"], history["time"])) for i in history["eval_iteration"]]
+    final = {k: v for k, v in m.items() if not isinstance(v, dict)}
+    # The trained flow alone (no buffer / optimizer state), with its run's config, final
+    # evaluation and ESS curve: what eacf_lab/pretrained/dw4-spherical-fab.eqx is a copy of.
+    checkpoint.save(path.replace(".eqx", "-flow.eqx"), flow, checkpoint.peek(path)["config"],
+                    {"eval": final, "ess_curve": curve, "train": {"iterations": history["iteration"][-1],
+                                                                  "train_wall_s": history["time"][-1],
+                                                                  "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,
             "train_wall_s": history["time"][-1], "session_wall_s": train_s,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0],
             "iterations_per_s": (history["iteration"][-1] - 1) / max(history["time"][-1] - history["time"][0], 1e-9),
             "eval_wall_s": time.perf_counter() - t0, "curve": curve,
-            **{k: v for k, v in m.items() if not isinstance(v, dict)}}
+            **final}
 
 
 def table(runs) -> str:

@@ -191,7 +191,8 @@ def cmd_fab(args):
             buffer_max_batches=args.buffer_max or quick.get("buffer_max", 512), n_updates=args.n_updates,
             peak_lr=args.lr, test_data=test, eval_every=args.eval_every, n_eval_samples=args.n_eval_samples,
             progress=not args.no_progress, checkpoint_path=ckpt, resume=True,
-            stop_at_iteration=args.stop_at_iteration, extra_config=extra)
+            stop_at_iteration=args.stop_at_iteration, extra_config=extra,
+            devices="all" if args.data_parallel else None)
     except ValueError as e:
         if "holds a run with other settings" in str(e):
             raise UsageError(f"{args.out} holds a run of another config: {e}") from None
@@ -201,7 +202,8 @@ def cmd_fab(args):
     cost = {"iterations": history["iteration"][-1] if history["iteration"] else 0,
             "train_wall_s": history["time"][-1] if history["time"] else 0.0,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0], "session_wall_s": time.time() - t0,
-            "n_params": flow.n_params(), "machine": _machine()}
+            "n_params": flow.n_params(), "machine": _machine(),
+            "n_devices": jax.device_count() if args.data_parallel else 1}
     metrics = {"target": args.target, "projection": args.projection, "method": "fab", "command": args.command_line,
                "train": cost, "ess_curve": {k: history[k] for k in history if k.startswith("eval_")}}
     _finish_run(args, flow, ckpt, metrics, cost)
@@ -326,6 +328,8 @@ def build_parser():
     f.add_argument("--n-eval-test", type=_positive, default=1000, help="test points for forward ESS and NLL during training")
     f.add_argument("--quick", action="store_true", help="tiny network, 10 iterations of 32: a seconds-long smoke run")
     f.add_argument("--stop-at-iteration", type=_positive, help="stop early at this iteration (re-run to resume)")
+    f.add_argument("--data-parallel", action="store_true",
+                   help="split the AIS chains and every minibatch across all devices; --batch-size must divide evenly")
     f.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     _eval_options(f)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from eacf_lab.geometry import remove_com
 from eacf_lab.train.hmc import HMCPoint, hmc_point, hmc_step
+from eacf_lab.train.parallel import constrain_batch
 
 __all__ = ["AISResult", "ais", "betas", "joint_components"]
 
@@ -97,7 +98,8 @@ def joint_components(flow, target):
     return components
 
 
-def ais(key, flow, target, n_chains: int, step_sizes, *, alpha: float = 2.0, n_leapfrog: int = 5) -> AISResult:
+def ais(key, flow, target, n_chains: int, step_sizes, *, alpha: float = 2.0, n_leapfrog: int = 5,
+        mesh=None) -> AISResult:
     """Run ``n_chains`` AIS chains from the flow to ``p^alpha q^(1 - alpha)``.
 
     Arguments:
@@ -109,13 +111,17 @@ def ais(key, flow, target, n_chains: int, step_sizes, *, alpha: float = 2.0, n_l
         step_sizes: ``(K,)`` HMC step size per intermediate distribution (``K`` may be 0).
         alpha: the alpha of the divergence (FAB: 2; 1 = plain AIS to ``p``).
         n_leapfrog: leapfrog steps per HMC transition (paper: 5).
+        mesh: data parallel (``parallel.make_mesh``; inside ``jax.jit``): the chains are split
+            across its devices (``n_chains`` divisible by their number).  Each chain's random
+            numbers come from its own key, so the result does not depend on the split.
     """
     step_sizes = jnp.asarray(step_sizes)
     if step_sizes.ndim != 1:
         raise ValueError(f"step_sizes must be (n_intermediate,), got shape {step_sizes.shape}")
     n_inter = step_sizes.shape[0]
     k_flow, k_hmc = jax.random.split(key)
-    x0, a0, log_q0 = jax.vmap(flow.sample_and_log_prob)(jax.random.split(k_flow, n_chains))
+    chain_keys = constrain_batch(jax.random.split(k_flow, n_chains), mesh)
+    x0, a0, log_q0 = jax.vmap(flow.sample_and_log_prob)(chain_keys)
     z0 = jnp.concatenate([x0.reshape(n_chains, -1), a0.reshape(n_chains, -1)], axis=1)
     ok0 = jnp.isfinite(z0).all(axis=1) & jnp.isfinite(log_q0)
     z0 = jnp.where(ok0[:, None], z0, 0.0)  # a failed sample: a harmless state, weight -inf below
@@ -137,7 +143,8 @@ def ais(key, flow, target, n_chains: int, step_sizes, *, alpha: float = 2.0, n_l
         log_w = log_w + increment(points, b_new, b_old)
         c = jnp.stack([1.0 - alpha * b_new, alpha * b_new])
         step = lambda kk, pt: hmc_step(kk, pt, components, c, eps, n_leapfrog, project=project)  # noqa: E731
-        points, acc = jax.vmap(step)(jax.random.split(k_level, n_chains), points)
+        keys, points = constrain_batch((jax.random.split(k_level, n_chains), points), mesh)
+        points, acc = jax.vmap(step)(keys, points)
         return (points, log_w), (jnp.mean(acc), points.z, log_w)
 
     zero = jnp.zeros((n_chains,), z0.dtype)

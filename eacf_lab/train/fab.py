@@ -45,6 +45,7 @@ from eacf_lab.checks import check_dataset
 from eacf_lab.estimators import forward_ess, reverse_ess
 from eacf_lab.evaluate import data_point_terms
 from eacf_lab.train import buffer as replay
+from eacf_lab.train import parallel
 from eacf_lab.train.ais import ais
 from eacf_lab.train.hmc import adapt_step_size
 from eacf_lab.train.ml import json_roundtrip
@@ -80,10 +81,11 @@ def fab_loss(flow, x, a, log_q_old, *, alpha=2.0, w_adj_clip=10.0, aux_weight=0.
 
 
 @eqx.filter_jit
-def ais_pass(flow, target, key, step_sizes, alpha, n_chains, n_leapfrog):
+def ais_pass(flow, target, key, step_sizes, alpha, n_chains, n_leapfrog, mesh=None):
     """One AIS pass, jitted on its own: ``alpha`` is traced, so the same compiled program serves
-    filling the buffer, training (alpha = 2) and evaluation (alpha = 1, in chunks of ``n_chains``)."""
-    return ais(key, flow, target, n_chains, step_sizes, alpha=alpha, n_leapfrog=n_leapfrog)
+    filling the buffer, training (alpha = 2) and evaluation (alpha = 1, in chunks of ``n_chains``).
+    ``mesh``: split the chains across its devices (data parallel)."""
+    return ais(key, flow, target, n_chains, step_sizes, alpha=alpha, n_leapfrog=n_leapfrog, mesh=mesh)
 
 
 @eqx.filter_jit
@@ -99,8 +101,9 @@ def _store(buf, step_sizes, res):
 
 
 @eqx.filter_jit
-def _updates(flow, opt_state, buf, key, optimizer, settings):
-    """Steps 2-3: ``n_updates`` gradient steps on distinct buffer draws, then re-adjustment."""
+def _updates(flow, opt_state, buf, key, optimizer, settings, mesh=None):
+    """Steps 2-3: ``n_updates`` gradient steps on distinct buffer draws, then re-adjustment.
+    ``mesh``: every minibatch is split across its devices (the loss's mean becomes an all-reduce)."""
     s = dict(settings)
     b, m = s["batch_size"], s["n_updates"]
     x, a, _, log_q_old, index = replay.sample(buf, key, b * m)
@@ -117,10 +120,10 @@ def _updates(flow, opt_state, buf, key, optimizer, settings):
         return (params, opt_state), (loss, aux, opt_state.last_norm, opt_state.last_skipped)
 
     split = lambda t: t.reshape((m, b) + t.shape[1:])  # noqa: E731
-    (params, opt_state), (loss, aux, norms, skipped) = jax.lax.scan(
-        update, (params, opt_state), (split(x), split(a), split(log_q_old)))
+    minibatches = parallel.constrain_batch((split(x), split(a), split(log_q_old)), mesh, axis=1)
+    (params, opt_state), (loss, aux, norms, skipped) = jax.lax.scan(update, (params, opt_state), minibatches)
     flow = eqx.combine(params, static)
-    log_q_new = jax.vmap(flow.log_prob)(x, a)
+    log_q_new = jax.vmap(flow.log_prob)(*parallel.constrain_batch((x, a), mesh))
     buf = replay.adjust(buf, index, log_q_new, s["alpha"])
     stats = dict(loss=jnp.mean(loss), aux=jnp.mean(aux), grad_norm=jnp.mean(norms), skipped=jnp.sum(skipped),
                  buffer_count=buf.count)
@@ -132,16 +135,17 @@ def _dtype(flow):
 
 
 def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=None, n_marginal=20,
-                 n_leapfrog=5, chunk_size=None) -> dict:
+                 n_leapfrog=5, chunk_size=None, mesh=None) -> dict:
     """Quick FAB metrics: ``reverse_ess`` of the flow and ``ais_ess`` of AIS towards ``p`` (alpha = 1,
     the current step sizes) from the same ``n_samples`` chains (run in chunks of ``chunk_size``,
     default ``min(n_samples, 1024)``; rounded up to whole chunks), and with ``test_data: (N, n, d)``
-    also ``forward_ess`` and ``nll`` (marginal estimator, Eq. 21).  ESS are fractions in ``[0, 1]``."""
+    also ``forward_ess`` and ``nll`` (marginal estimator, Eq. 21).  ESS are fractions in ``[0, 1]``.
+    ``mesh``: the AIS chunks are split across its devices (``chunk_size`` divisible by their number)."""
     chunk = chunk_size or min(n_samples, 1024)
     k_ais, k_test = jax.random.split(key)
     alpha = jnp.asarray(1.0, _dtype(flow))
-    parts = [ais_pass(flow, target, jax.random.fold_in(k_ais, i), jnp.asarray(step_sizes), alpha, chunk, n_leapfrog)
-             for i in range(-(-n_samples // chunk))]
+    parts = [ais_pass(flow, target, jax.random.fold_in(k_ais, i), jnp.asarray(step_sizes), alpha, chunk, n_leapfrog,
+                      mesh) for i in range(-(-n_samples // chunk))]
     out = {"reverse_ess": float(reverse_ess(jnp.concatenate([r.log_w_flow for r in parts]))),
            "ais_ess": float(reverse_ess(jnp.concatenate([r.log_w for r in parts])))}
     if test_data is not None:
@@ -168,7 +172,8 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         init_step_size=0.05, buffer_min_batches=64, buffer_max_batches=512, n_updates=8, w_adj_clip=10.0,
         aux_weight=0.0, peak_lr=2e-4, init_lr=2e-5, end_lr=2e-5, warmup_fraction=0.05, test_data=None,
         eval_every=None, n_eval_samples=1024, n_marginal=20, callback=None, progress=True,
-        checkpoint_path=None, checkpoint_every=None, resume=False, stop_at_iteration=None, extra_config=None):
+        checkpoint_path=None, checkpoint_every=None, resume=False, stop_at_iteration=None, extra_config=None,
+        devices=None):
     """Train ``flow`` on ``target`` with FAB (see the module docstring for the algorithm).
 
     Arguments:
@@ -192,6 +197,10 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
             ``eval_*`` on evaluation iterations); if it returns True, training stops there (the
             checkpoint is saved; re-run with ``resume=True`` to continue).
         checkpoint_path, checkpoint_every, resume, stop_at_iteration, extra_config: as in ``ml.fit``.
+        devices: data parallel, as in ``ml.fit`` (``None``, an int, a list of devices or ``"all"``):
+            the AIS chains and every minibatch are split across the devices (``batch_size``
+            divisible by their number); parameters, optimizer state and buffer are replicated.
+            Each chain has its own key, so only float rounding depends on the device count.
 
     Returns ``(flow, history)``: ``history`` has one entry per iteration for ``FAB_HISTORY_KEYS``
     and ``eval_iteration`` / ``eval_<metric>`` lists for the evaluations.
@@ -211,6 +220,9 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         raise ValueError("init_step_size, alpha and w_adj_clip must be > 0")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
+    mesh = None if devices is None else parallel.make_mesh(None if devices == "all" else devices)
+    if mesh is not None:
+        parallel.check_divisible(batch_size, mesh, "batch_size")
     test = None
     if test_data is not None:
         test = check_dataset(test_data, flow.n_nodes, flow.dim, "test_data")
@@ -247,23 +259,25 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         state, history = info["train_state"], info["metrics"]["history"]
 
     buf, step_sizes, opt_state = state["buffer"], state["step_sizes"], state["opt_state"]
+    if mesh is not None:
+        flow, buf, step_sizes, opt_state = parallel.replicate((flow, buf, step_sizes, opt_state), mesh)
     it0 = int(state["iteration"])
     t_offset = history["time"][-1] if history["time"] else 0.0
     t0 = time.perf_counter()
     alpha_arr = jnp.asarray(alpha, dtype)
 
     def ais_and_store(flow, buf, step_sizes, key):
-        res = ais_pass(flow, target, key, step_sizes, alpha_arr, batch_size, n_leapfrog)
+        res = ais_pass(flow, target, key, step_sizes, alpha_arr, batch_size, n_leapfrog, mesh)
         return _store(buf, step_sizes, res)
 
     if it0 == 0 and not history["fill_time"]:  # fill the buffer with AIS samples of the initial flow
-        i = 0
+        i, stored = 0, lambda: int(parallel.to_local(buf.count))  # noqa: E731
         for i in tqdm(range(buffer_min_batches * 4), disable=not progress, desc="fab: filling buffer", leave=False):
-            if int(buf.count) >= buffer_min_batches * batch_size:
+            if stored() >= buffer_min_batches * batch_size:
                 break
             buf, step_sizes, _ = ais_and_store(flow, buf, step_sizes, jax.random.fold_in(key_fill, i))
-        if int(buf.count) < buffer_min_batches * batch_size:
-            raise RuntimeError(f"the buffer holds only {int(buf.count)} valid samples after {i + 1} AIS passes; "
+        if stored() < buffer_min_batches * batch_size:
+            raise RuntimeError(f"the buffer holds only {stored()} valid samples after {i + 1} AIS passes; "
                                "the flow or the target produces non-finite samples")
         history["fill_time"].append(time.perf_counter() - t0)
         t_offset += history["fill_time"][-1]
@@ -272,12 +286,14 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     def save(iteration):
         ts = dict(state, opt_state=opt_state, buffer=buf, step_sizes=step_sizes,
                   iteration=jnp.asarray(iteration, jnp.int32))
-        checkpoint.save(checkpoint_path, flow, config, {"history": history}, train_state=ts)
+        if jax.process_index() == 0:  # several hosts: one writer (use shared storage)
+            checkpoint.save(checkpoint_path, parallel.to_local(flow), config, {"history": history},
+                            train_state=parallel.to_local(ts))
 
     def run_eval(iteration):
         m = evaluate_fab(flow, target, key=jax.random.fold_in(state["key_eval"], iteration), step_sizes=step_sizes,
                          n_samples=n_eval_samples, test_data=test, n_marginal=n_marginal, n_leapfrog=n_leapfrog,
-                         chunk_size=batch_size)
+                         chunk_size=batch_size, mesh=mesh)
         history["eval_iteration"].append(iteration)
         for k in eval_keys:
             history["eval_" + k].append(m[k])
@@ -287,8 +303,8 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     for it in range(it0, stop):
         k_ais, k_draw = jax.random.split(jax.random.fold_in(state["key_iter"], it))
         buf, step_sizes, stats = ais_and_store(flow, buf, step_sizes, k_ais)
-        flow, opt_state, buf, stats_u = _updates(flow, opt_state, buf, k_draw, optimizer, static_settings)
-        row = {k: float(v) for k, v in {**stats, **stats_u}.items()}
+        flow, opt_state, buf, stats_u = _updates(flow, opt_state, buf, k_draw, optimizer, static_settings, mesh)
+        row = {k: float(v) for k, v in parallel.to_local({**stats, **stats_u}).items()}
         row.update(iteration=it + 1, time=t_offset + time.perf_counter() - t0)
         for k in FAB_HISTORY_KEYS:
             history[k].append(row[k])

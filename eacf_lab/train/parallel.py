@@ -17,6 +17,11 @@ everywhere, and the parameters stay replicated.  Random numbers drawn inside the
 (``jax.random.split(key, B)``) do not depend on how the batch is split, so a sharded step
 equals the single-device step up to the order of floating-point sums.
 
+FAB (``fab.py``) creates its batches inside jitted functions (AIS chains from per-chain keys,
+minibatches drawn from the replay buffer), where no input sharding exists to propagate;
+``constrain_batch`` marks them as split across the mesh, so that the chains and examples
+run on their own devices too.
+
 Several hosts: call ``jax.distributed.initialize()`` first in every process, run the same
 script with the same seed and data everywhere, and pass ``make_mesh()`` (all devices of all
 hosts).  ``shard_batch`` builds each array from the full batch that every process holds
@@ -37,7 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["BATCH_AXIS", "make_mesh", "batch_sharding", "replicated_sharding", "shard_batch", "replicate",
-           "to_local", "gather", "check_divisible"]
+           "constrain_batch", "to_local", "gather", "check_divisible"]
 
 BATCH_AXIS = "batch"
 
@@ -117,6 +122,23 @@ def replicate(tree, mesh: Mesh):
     """
     arrays, rest = eqx.partition(tree, eqx.is_array)
     return eqx.combine(jax.device_put(arrays, replicated_sharding(mesh)), rest)
+
+
+def constrain_batch(tree, mesh: Mesh | None, axis: int = 0):
+    """Inside ``jax.jit``: split axis ``axis`` of every array leaf of ``tree`` across ``mesh``.
+
+    For batches that are *created* inside a jitted function (AIS chains drawn from per-chain
+    keys, minibatches drawn from the replay buffer): there is no input sharding to propagate,
+    so without this hint the compiler would run all of them on every device.  ``mesh=None``
+    returns ``tree`` unchanged (the one-device program).  The values do not change, only where
+    they are computed.
+    """
+    if mesh is None:
+        return tree
+    spec = PartitionSpec(*([None] * axis), BATCH_AXIS)
+    arrays, rest = eqx.partition(tree, eqx.is_array)
+    constrained = jax.tree_util.tree_map(lambda t: jax.lax.with_sharding_constraint(t, NamedSharding(mesh, spec)), arrays)
+    return eqx.combine(constrained, rest)
 
 
 def to_local(tree):
