@@ -7,7 +7,9 @@ distributions; LJ13: batch 1,024, 8) for ``--iterations`` or until ``--minutes``
 evaluating the flow's reverse ESS (``--n-eval-samples`` samples), the ESS of AIS towards ``p``
 and forward ESS / NLL on the test set along the way. Then a final evaluation with
 ``eacf_lab.evaluate`` (10,000 flow samples). Writes ``benchmarks/results/fab_quality.json``
-(every run with its ESS-vs-time curve, and the machine) and ``fab_quality.md``.
+(every run with its ESS-vs-time curve, and the machine) and ``fab_quality.md``; next to each
+run's resumable checkpoint in ``--work``, the trained flow alone with its history
+(``<target>-<projection>-<seed>-flow.eqx``: what the shipped ``dw4-*-fab`` checkpoints are).
 
     python benchmarks/fab_quality.py --smoke                                  # seconds-long check
     python benchmarks/fab_quality.py --targets dw4 --minutes 60 --n-blocks 4 --size 32   # CPU-sized
@@ -70,19 +72,26 @@ def run_one(target_name, projection, seed, args) -> dict:
     curve = {k: history[k] for k in history if k.startswith("eval_")}
     curve["eval_time"] = [float(np.interp(i, history["iteration"], history["time"])) for i in history["eval_iteration"]]
     final = {k: v for k, v in m.items() if not isinstance(v, dict)}
-    # The trained flow alone (no buffer / optimizer state), with its run's config, final
-    # evaluation and ESS curve: what eacf_lab/pretrained/dw4-spherical-fab.eqx is a copy of.
+    # The trained flow alone (no buffer / optimizer state) with its run's config, final evaluation
+    # and training history (4 significant digits; `histograms.fab_curves` plots it): what
+    # eacf_lab/pretrained/dw4-{spherical,none}-fab.eqx are copies of.
+    short = {k: [float(f"{v:.4g}") for v in vs] for k, vs in history.items()}
     checkpoint.save(path.replace(".eqx", "-flow.eqx"), flow, checkpoint.peek(path)["config"],
-                    {"eval": final, "ess_curve": curve, "train": {"iterations": history["iteration"][-1],
-                                                                  "train_wall_s": history["time"][-1],
-                                                                  "n_params": flow.n_params()}})
+                    {"eval": final, "history": short, "train": {"iterations": history["iteration"][-1],
+                                                                "train_wall_s": history["time"][-1],
+                                                                "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
+            "command": " ".join(["python benchmarks/fab_quality.py"] + sys.argv[1:]),
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,
             "train_wall_s": history["time"][-1], "session_wall_s": train_s,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0],
             "iterations_per_s": (history["iteration"][-1] - 1) / max(history["time"][-1] - history["time"][0], 1e-9),
             "eval_wall_s": time.perf_counter() - t0, "curve": curve,
             **final}
+
+
+def _percent(fraction) -> str:
+    return "" if fraction is None else f"~{100 * fraction:.0f} %"
 
 
 def table(runs) -> str:
@@ -93,11 +102,22 @@ def table(runs) -> str:
         lines.append(f"| {r['target']} | {r['projection']} | {r['seed']} | {r['iterations']} | {r['train_wall_s']:.0f} | "
                      f"{r['iterations_per_s']:.3f} | {100 * r['reverse_ess']:.1f} % | {100 * ais_ess:.1f} % | "
                      f"{100 * r['forward_ess']:.1f} % | {r['nll']:.3f} | "
-                     f"{PUBLISHED_ESS.get((r['target'], r['projection']), '')} |")
-    lines += ["", "ESS against wall time (flow reverse ESS at the evaluations):", ""]
+                     f"{_percent(PUBLISHED_ESS.get((r['target'], r['projection'])))} |")
     for r in runs:
-        pts = ", ".join(f"{t:.0f} s: {100 * e:.1f} %" for t, e in zip(r["curve"]["eval_time"], r["curve"]["eval_reverse_ess"]))
+        if (r["target"], r["projection"]) == ("dw4", "spherical"):
+            met = r["reverse_ess"] >= 0.5 and r["train_wall_s"] <= 7200
+            lines += ["", f"Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), seed {r['seed']}: "
+                          f"{'met' if met else 'missed'} ({100 * r['reverse_ess']:.1f} % after {r['train_wall_s'] / 60:.0f} min)."]
+    lines += ["", "Flow reverse ESS at the evaluations (estimates from the evaluation's AIS chains): "
+                  "iteration (wall time): ESS", ""]
+    for r in runs:
+        c = r["curve"]
+        pts = ", ".join(f"{i} ({t:.0f} s): {100 * e:.1f} %"
+                        for i, t, e in zip(c["eval_iteration"], c["eval_time"], c["eval_reverse_ess"]))
         lines.append(f"* {r['target']} {r['projection']} seed {r['seed']}: {pts}")
+    if any("command" in r for r in runs):
+        lines += ["", "Commands:", ""]
+        lines += [f"* {r['target']} {r['projection']} seed {r['seed']}: `{r['command']}`" for r in runs if "command" in r]
     return "\n".join(lines)
 
 
@@ -120,7 +140,20 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny flows, a few iterations: seconds")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--work", default=os.path.join("runs", "fab_quality"), help="checkpoints (resumable runs)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: write one results file from the runs of these results files "
+                        "(e.g. runs made in separate processes, side by side)")
     args = p.parse_args(argv)
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as f:
+                doc = json.load(f)
+            for r in doc["runs"]:
+                r.setdefault("command", " ".join(["python benchmarks/fab_quality.py"] + doc["argv"]))
+                runs.append(r)
+        print(write(args, "fab_quality", runs))
+        return
     if args.smoke:
         args.eval_every = 3
     os.makedirs(args.out, exist_ok=True)
