@@ -147,8 +147,12 @@ def main(argv=None):
     if args.merge:
         runs = []
         for path in args.merge:
-            with open(path) as f:
-                doc = json.load(f)
+            try:
+                with open(path) as f:
+                    doc = json.load(f)
+                doc["runs"], doc["argv"]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                p.error(f"--merge needs fab_quality.json files written by this script; {path}: {e!r}")
             for r in doc["runs"]:
                 r.setdefault("command", " ".join(["python benchmarks/fab_quality.py"] + doc["argv"]))
                 runs.append(r)
