@@ -220,9 +220,7 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         raise ValueError("init_step_size, alpha and w_adj_clip must be > 0")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
-    mesh = None if devices is None else parallel.make_mesh(None if devices == "all" else devices)
-    if mesh is not None:
-        parallel.check_divisible(batch_size, mesh, "batch_size")
+    mesh = parallel.mesh_for_training(devices, batch_size)
     test = None
     if test_data is not None:
         test = check_dataset(test_data, flow.n_nodes, flow.dim, "test_data")

@@ -161,9 +161,7 @@ def fit(flow, train_data, *, key, epochs, batch_size=32, aux_weight=0.0, rotate=
         raise ValueError(f"batch_size must be an int in [1, {len(train)}] (the training set size), got {batch_size!r}")
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
-    mesh = None if devices is None else parallel.make_mesh(None if devices == "all" else devices)
-    if mesh is not None:
-        parallel.check_divisible(batch_size, mesh, "batch_size")
+    mesh = parallel.mesh_for_training(devices, batch_size)
     per_epoch = len(train) // batch_size
     n_steps = epochs * per_epoch
     stop = n_steps if stop_at_step is None else min(int(stop_at_step), n_steps)

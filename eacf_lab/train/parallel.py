@@ -42,7 +42,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["BATCH_AXIS", "make_mesh", "batch_sharding", "replicated_sharding", "shard_batch", "replicate",
-           "constrain_batch", "to_local", "gather", "check_divisible"]
+           "constrain_batch", "to_local", "gather", "check_divisible", "mesh_for_training"]
 
 BATCH_AXIS = "batch"
 
@@ -69,6 +69,16 @@ def make_mesh(devices: int | Sequence | None = None) -> Mesh:
     else:
         raise ValueError(f"devices must be None, a positive int or a non-empty list of jax.Device, got {devices!r}")
     return Mesh(np.asarray(chosen, dtype=object), (BATCH_AXIS,))
+
+
+def mesh_for_training(devices, batch_size: int) -> Mesh | None:
+    """The ``devices`` argument of ``fit`` / ``fab`` -> a mesh (``None`` stays ``None``: one device;
+    ``"all"``, an int or a list as in :func:`make_mesh`), checking that ``batch_size`` splits evenly."""
+    if devices is None:
+        return None
+    mesh = make_mesh(None if devices == "all" else devices)
+    check_divisible(batch_size, mesh, "batch_size")
+    return mesh
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
