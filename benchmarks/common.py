@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 
@@ -49,12 +50,36 @@ def flow_sizes(args) -> dict:
     return sizes
 
 
-def write_results(out: str, name: str, title: str, script: str, runs: list, table: str) -> str:
-    """Atomically write ``out/name.json`` (machine, command, runs) and ``out/name.md`` (title,
-    machine, command, ``table``); return the markdown."""
-    result = {"machine": machine(), "argv": sys.argv[1:], "runs": runs}
+def merge_runs(paths: list, script: str, error) -> list:
+    """The runs of several results files that ``benchmarks/<script>`` wrote (e.g. runs made side
+    by side in separate processes), each run tagged with the command that made it. ``error`` is
+    called with a one-line message (``argparse``'s ``parser.error``) for a file it cannot use."""
+    runs = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            file_runs, argv = doc["runs"], doc["argv"]
+            if not isinstance(file_runs, list) or not all(isinstance(r, dict) for r in file_runs):
+                raise TypeError("'runs' is not a list of runs")
+            if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
+                raise TypeError("'argv' is not a list of arguments")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            error(f"--merge needs {os.path.splitext(script)[0]}.json files written by {script}; {path}: {e!r}")
+        for r in file_runs:
+            r.setdefault("command", f"python benchmarks/{script} {shlex.join(argv)}")
+            runs.append(r)
+    return runs
+
+
+def write_results(out: str, name: str, title: str, script: str, runs: list, table: str, notes=()) -> str:
+    """Atomically write ``out/name.json`` (machine, command, runs, notes) and ``out/name.md`` (title,
+    machine, command, ``table``, notes); return the markdown."""
+    result = {"machine": machine(), "argv": sys.argv[1:], "runs": runs, "notes": list(notes)}
     md = (f"# {title}\n\nMachine: {result['machine']}\n\n"
-          f"Command: `python benchmarks/{script} {' '.join(sys.argv[1:])}`\n\n{table}\n")
+          f"Command: `python benchmarks/{script} {shlex.join(sys.argv[1:])}`\n\n{table}\n")
+    if notes:
+        md += "\nNotes:\n\n" + "".join(f"* {n}\n" for n in notes)
     os.makedirs(out, exist_ok=True)
     for ext, text in (("json", json.dumps(result, indent=1, default=float)), ("md", md)):
         atomic_write(os.path.join(out, f"{name}.{ext}"), text)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 
@@ -36,7 +37,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import flow_sizes, write_results  # noqa: E402
+from common import flow_sizes, merge_runs, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -81,7 +82,7 @@ def run_one(target_name, projection, seed, args) -> dict:
                                                                 "train_wall_s": history["time"][-1],
                                                                 "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
-            "command": " ".join(["python benchmarks/fab_quality.py"] + sys.argv[1:]),
+            "command": f"python benchmarks/fab_quality.py {shlex.join(sys.argv[1:])}",
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,
             "train_wall_s": history["time"][-1], "session_wall_s": train_s,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0],
@@ -145,17 +146,7 @@ def main(argv=None):
                         "(e.g. runs made in separate processes, side by side)")
     args = p.parse_args(argv)
     if args.merge:
-        runs = []
-        for path in args.merge:
-            try:
-                with open(path) as f:
-                    doc = json.load(f)
-                doc["runs"], doc["argv"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                p.error(f"--merge needs fab_quality.json files written by this script; {path}: {e!r}")
-            for r in doc["runs"]:
-                r.setdefault("command", " ".join(["python benchmarks/fab_quality.py"] + doc["argv"]))
-                runs.append(r)
+        runs = merge_runs(args.merge, "fab_quality.py", p.error)
         print(write(args, "fab_quality", runs))
         return
     if args.smoke:

@@ -6,7 +6,10 @@ defaults: 12 blocks, EGNN 3 layers, MLP 64-64, 128 invariant features, float32):
 * the ML training step of ``eacf_lab.train.ml`` (loss, gradient, robust Adam update) at batch
   32 / 128 / 1,024: time to trace (``lower``) and compile, and the warm time per step;
 * ``jax.vmap(flow.sample_and_log_prob)`` at 128 / 1,024 samples: compile and warm time;
-* the number of parameters, peak host memory (``ru_maxrss``) and, on a GPU, peak device memory.
+* the number of parameters, the memory one call needs (XLA's memory analysis of the compiled
+  call), peak host memory (``ru_maxrss``) and, on a GPU, peak device memory.  A call that needs
+  more memory than the device has (LJ13 training at batch 1,024 on a 24 GiB CPU machine) is
+  listed as not measured, with the figure, instead of ending the run.
 
 Every time is recorded as wall-clock seconds **and** as CPU seconds of this process
 (``time.process_time``): on a shared CPU machine the wall clock measures the neighbours too,
@@ -67,6 +70,26 @@ def memory() -> dict:
     return out
 
 
+class TooBig(Exception):
+    """A compiled call needs more memory than the device has: recorded as not measured."""
+
+
+def available_bytes() -> int:
+    """Memory one call may use: the accelerator's limit where it reports one, else the host's
+    available memory (``MemAvailable``: free plus reclaimable caches; free pages where unknown)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
 def timed_calls(fn, args, min_seconds, max_reps):
     """Warm time per call: one untimed call, then repeat until ``min_seconds`` or ``max_reps``."""
     jax.block_until_ready(fn(*args))
@@ -88,7 +111,12 @@ def compile_fn(fn, args):
         compiled = lowered.compile()
     cost = compiled.cost_analysis() or {}
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older JAX: one dict per device
-    return compiled, {"gflop": float(cost.get("flops", float("nan"))) / 1e9, "trace_wall_s": lo.wall, "trace_cpu_s": lo.cpu, "compile_wall_s": co.wall,
+    mem = compiled.memory_analysis()
+    need = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes) if mem is not None else 0
+    if need > available_bytes():
+        raise TooBig(f"needs {need / 2**30:.1f} GiB (XLA memory analysis), {available_bytes() / 2**30:.1f} GiB available")
+    return compiled, {"call_memory_mib": need / 2**20, "gflop": float(cost.get("flops", float("nan"))) / 1e9, "trace_wall_s": lo.wall, "trace_cpu_s": lo.cpu, "compile_wall_s": co.wall,
                       "compile_cpu_s": co.cpu, "total_compile_wall_s": lo.wall + co.wall,
                       "total_compile_cpu_s": lo.cpu + co.cpu}
 
@@ -152,23 +180,30 @@ def table(doc) -> str:
              "(a shared machine: compare CPU seconds).", "",
              "Times per call, median of `reps` warm calls. *wall* = wall clock, *cpu* = CPU seconds of the "
              "process. Compile = trace (`jit.lower`) + XLA compile. Speed-up = published / ours (wall; cpu).", "",
-             "| target | flow | params | what | reps | ours wall | ours cpu | published | speed-up wall | speed-up cpu |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "*throughput* = steps/s (training) or samples/s (sampling), from the warm wall time. *memory* = what "
+             "one call needs by XLA's memory analysis (arguments + outputs + temporaries) / peak host RSS of "
+             "the process so far.", "",
+             "| target | flow | params | what | reps | ours wall | ours cpu | published | speed-up wall | speed-up cpu "
+             "| throughput | memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["results"]:
         pub = PUBLISHED.get(r["target"], {}) if not doc["smoke"] else {}
         head = f"| {r['target']} | {r['projection']} | {r['n_params'] / 1e6:.2f}M"
         if "skipped" in r:
-            lines.append(f"{head} | {r['what']} | — | not measured: {r['skipped']} | | | | |")
+            lines.append(f"{head} | {r['what']} | — | not measured: {r['skipped']} | | | | | | |")
             continue
         ref = pub.get(r["what"])
-        rows = [(r["what"], r["wall_s"], r["cpu_s"], ref, r["reps"])]
-        ref_c = pub.get("compile_train" if r["what"].startswith("train") else "compile_sample")
-        rows.append((f"compile {r['what']}", r["total_compile_wall_s"], r["total_compile_cpu_s"], ref_c, 1))
-        for what, wall, cpu, ref, reps in rows:
+        train = r["what"].startswith("train")
+        rate = f"{1 / r['wall_s']:.3g} steps/s" if train else f"{r['samples_per_s']:.3g} samples/s"
+        mem = (f"{r['call_memory_mib']:,.0f} / " if "call_memory_mib" in r else "") + f"{r['peak_rss_mib']:,.0f} MiB"
+        rows = [(r["what"], r["wall_s"], r["cpu_s"], ref, r["reps"], rate, mem)]
+        ref_c = pub.get("compile_train" if train else "compile_sample")
+        rows.append((f"compile {r['what']}", r["total_compile_wall_s"], r["total_compile_cpu_s"], ref_c, 1, "", ""))
+        for what, wall, cpu, ref, reps, rate, mem in rows:
             su_w = f"{ref / wall:.1f}x" if ref else ""
             su_c = f"{ref / cpu:.1f}x" if ref and cpu > 0 else ""
             lines.append(f"{head} | {what} | {reps} | {_fmt(wall)} | {_fmt(cpu)} | {_fmt(ref) if ref else ''} | "
-                         f"{su_w} | {su_c} |")
+                         f"{su_w} | {su_c} | {rate} | {mem} |")
     lines += ["", f"Published parameter count ~{PUBLISHED_N_PARAMS / 1e6:.1f}M; ours: see the params column "
               "(why they differ: `notes` in speed.json).", ""]
     if doc.get("notes"):
@@ -218,10 +253,18 @@ def main(argv=None):
             results.append({**base, "what": what, "skipped": f"time budget of {args.budget_s:.0f} s used up"})
             print(f"  {target} {what}: not measured (time budget)", flush=True)
         else:
-            if kind == "train":
-                r = bench_train(flow, data.load(target, "train"), size, ml.PUBLISHED[target]["aux_weight"], args)
-            else:
-                r = bench_sample(flow, size, args)
+            try:
+                if kind == "train":
+                    r = bench_train(flow, data.load(target, "train"), size, ml.PUBLISHED[target]["aux_weight"], args)
+                else:
+                    r = bench_sample(flow, size, args)
+            except (TooBig, jax.errors.JaxRuntimeError) as e:
+                if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
+                    raise
+                results.append({**base, "what": what, "batch": size, "skipped": f"out of memory: {str(e)[:200]}"})
+                print(f"  {target} {what}: not measured (out of memory: {str(e)[:200]})", flush=True)
+                write(results, meta, args.out_dir)
+                continue
             results.append({**base, "what": what, "batch": size, **r, **memory()})
             print(f"  {target} {what}: compile {r['total_compile_wall_s']:.1f} s wall / {r['total_compile_cpu_s']:.1f} s "
                   f"cpu; warm {r['wall_s']:.4f} s wall / {r['cpu_s']:.4f} s cpu ({r['reps']} reps)", flush=True)

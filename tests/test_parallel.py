@@ -216,10 +216,19 @@ def test_speed_benchmark_smoke(tmp_path):
     assert [r["what"] for r in doc["results"]] == ["sample_16", "train_8"]
     for r in doc["results"]:
         assert r["target"] == "dw4" and r["n_params"] > 0 and r["dtype"] == "float32"
-        for k in ("trace_wall_s", "compile_wall_s", "compile_cpu_s", "wall_s", "cpu_s", "peak_rss_mib"):
+        for k in ("trace_wall_s", "compile_wall_s", "compile_cpu_s", "wall_s", "cpu_s", "peak_rss_mib", "call_memory_mib"):
             assert r[k] > 0, (k, r[k])
         assert r["reps"] >= 1
     assert doc["results"][0]["finite"] and doc["results"][0]["samples_per_s"] > 0
     assert doc["results"][1]["examples_per_s"] == pytest.approx(8 / doc["results"][1]["wall_s"])
     md = (tmp_path / "speed.md").read_text()
-    assert "| dw4 | spherical |" in md and "compile train_8" in md
+    assert "| dw4 | spherical |" in md and "compile train_8" in md and "steps/s" in md and "samples/s" in md
+    # A call that needs more memory than there is (LJ13 training at batch 1,024 needs ~82 GiB) is
+    # listed as not measured, with the figure, and the run goes on to the next measurement.
+    speed.available_bytes = lambda: 0
+    assert speed.main(["--smoke", "--targets", "dw4", "--out-dir", str(tmp_path / "oom")]) == 0
+    doc = json.loads((tmp_path / "oom" / "speed.json").read_text())
+    assert [r["what"] for r in doc["results"]] == ["sample_16", "train_8"]
+    for r in doc["results"]:
+        assert r["skipped"].startswith("out of memory: needs ") and "GiB" in r["skipped"] and "wall_s" not in r
+    assert (tmp_path / "oom" / "speed.md").read_text().count("not measured: out of memory") == 2

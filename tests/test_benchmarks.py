@@ -1,0 +1,88 @@
+"""The quality benchmarks' bookkeeping (no training here): ``ml_quality.py`` groups runs by
+target, flow size and epochs and judges the paper's ordering with error bars; ``--merge``
+combines results files written by separate processes and refuses files it cannot use."""
+
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+
+
+def _module(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # puts benchmarks/ on sys.path for `common`
+    return module
+
+
+ml_quality = _module("ml_quality")
+common = sys.modules["common"]
+
+
+def run(target, projection, seed, nll, *, nll_se=0.03, blocks=6, width=32, epochs=100, n_test=1000):
+    return {"target": target, "projection": projection, "seed": seed, "epochs": epochs, "n_test": n_test,
+            "flow_config": {"n_blocks": blocks, "mlp_width": width}, "n_params": 1000 + blocks * width,
+            "nll": nll, "nll_se": nll_se, "joint_nll": nll - 6, "reverse_ess": 0.01, "forward_ess": 0.02,
+            "kl_estimate": 1.0, "train_wall_s": 100.0, "steps_per_s": 5.0}
+
+
+def verdict_lines(md):
+    return [line for line in md.splitlines() if "every E-ACF beats the Non-E-ACF" in line]
+
+
+def test_ml_quality_table_groups_by_setting_and_judges_the_ordering_with_error_bars():
+    runs = [run("dw4", "spherical", 0, 9.0), run("dw4", "spherical", 1, 9.1), run("dw4", "none", 0, 12.3),
+            run("dw4", "none", 1, 12.2),
+            # LJ13 at two epoch counts: never averaged together; a 0.08-nat lead with 0.15-nat errors is no clear win
+            run("lj13", "spherical", 0, 47.96, nll_se=0.15, blocks=4, epochs=50, n_test=500),
+            run("lj13", "none", 0, 48.04, nll_se=0.15, blocks=4, epochs=50, n_test=500),
+            run("lj13", "none", 0, 47.77, nll_se=0.17, blocks=4, epochs=200, n_test=500),
+            run("lj13", "vector", 0, 47.50, nll_se=0.17, blocks=4, epochs=200, n_test=500),
+            run("lj13", "spherical", 0, 48.50, nll_se=0.17, blocks=4, epochs=200, n_test=500)]
+    md = ml_quality.table(runs)
+    rows = [line for line in md.splitlines() if line.startswith("| dw4") or line.startswith("| lj13")]
+    assert len(rows) == 7  # dw4 x 2 flows, lj13 50 epochs x 2, lj13 200 epochs x 3
+    assert "| dw4 | spherical | 6 x 32 | 1,192 | 100 | 1000 | 2 | 9.050 ± 0.071 |" in md
+    assert sum("| lj13 | none | 4 x 32 |" in r for r in rows) == 2
+    dw4, lj13_50, lj13_200 = verdict_lines(md)
+    assert "dw4, 6 x 32, 100 epochs" in dw4 and "**yes, clearly (> 2 standard errors)**" in dw4
+    assert "3.200 ±" in dw4  # 12.25 - 9.05
+    assert "lj13, 4 x 32, 50 epochs" in lj13_50 and "**yes, but within 2 standard errors**" in lj13_50
+    assert "0.080 ± 0.212" in lj13_50  # hypot(0.15, 0.15)
+    # one E-ACF (spherical) worse than the Non-E-ACF: the ordering fails, whatever the others do
+    assert "lj13, 4 x 32, 200 epochs" in lj13_200 and "**NO**" in lj13_200 and "(spherical, 48.500)" in lj13_200
+    # without a Non-E-ACF in a setting there is nothing to judge
+    assert verdict_lines(ml_quality.table([run("dw4", "spherical", 0, 9.0)])) == []
+
+
+def test_merge_combines_results_files_and_refuses_foreign_ones(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"argv": ["--targets", "dw4", "--seeds", "1"], "runs": [run("dw4", "spherical", 1, 9.1)]}))
+    tagged = dict(run("dw4", "none", 0, 12.3), command="python benchmarks/ml_quality.py --projections none")
+    b.write_text(json.dumps({"argv": ["--other"], "runs": [tagged]}))
+    out = tmp_path / "out"
+    ml_quality.main(["--merge", str(a), str(b), "--out", str(out), "--note", "measured on 2 cores"])
+    doc = json.loads((out / "ml_quality.json").read_text())
+    assert [r["command"] for r in doc["runs"]] == ["python benchmarks/ml_quality.py --targets dw4 --seeds 1",
+                                                   tagged["command"]]  # a run's own command is kept
+    assert doc["notes"] == ["measured on 2 cores"]
+    md = (out / "ml_quality.md").read_text()
+    assert "* measured on 2 cores" in md and "**yes, clearly" in md
+
+    def error(message):
+        raise SystemExit(message)
+
+    foreign = tmp_path / "speed.json"
+    foreign.write_text(json.dumps({"results": []}))
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"runs": [')
+    not_runs = tmp_path / "not_runs.json"
+    not_runs.write_text(json.dumps({"argv": [], "runs": [1, 2]}))
+    for path in (tmp_path / "missing.json", foreign, broken, not_runs):
+        with pytest.raises(SystemExit, match="--merge needs ml_quality.json files written by ml_quality.py; ") as e:
+            common.merge_runs([str(a), str(path)], "ml_quality.py", error)
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
