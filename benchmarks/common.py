@@ -11,6 +11,7 @@ import time
 
 import jax
 
+from eacf_lab import checkpoint
 from eacf_lab.atomic import atomic_write
 
 
@@ -48,6 +49,15 @@ def flow_sizes(args) -> dict:
     if args.smoke:
         sizes.update(SMOKE_SIZES)
     return sizes
+
+
+def export_flow(run_path: str, flow, metrics: dict) -> str:
+    """Next to a run's training checkpoint ``run_path`` (``x.eqx``), write ``x-flow.eqx``: the
+    trained flow alone (no optimizer or buffer state) with the run's config and ``metrics`` --
+    the layout of ``eacf-lab train``'s ``flow.eqx``, so a run worth keeping ships as it is."""
+    out = run_path.replace(".eqx", "-flow.eqx")
+    checkpoint.save(out, flow, checkpoint.peek(run_path)["config"], metrics)
+    return out
 
 
 def merge_runs(paths: list, script: str, error) -> list:

@@ -32,12 +32,12 @@ import time
 import jax
 import numpy as np
 
-from eacf_lab import checkpoint, data, make_flow, targets
+from eacf_lab import data, make_flow, targets
 from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import flow_sizes, merge_runs, write_results  # noqa: E402
+from common import export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -73,14 +73,12 @@ def run_one(target_name, projection, seed, args) -> dict:
     curve = {k: history[k] for k in history if k.startswith("eval_")}
     curve["eval_time"] = [float(np.interp(i, history["iteration"], history["time"])) for i in history["eval_iteration"]]
     final = {k: v for k, v in m.items() if not isinstance(v, dict)}
-    # The trained flow alone (no buffer / optimizer state) with its run's config, final evaluation
-    # and training history (4 significant digits; `histograms.fab_curves` plots it): what
-    # eacf_lab/pretrained/dw4-{spherical,none}-fab.eqx are copies of.
+    # The flow-only file with the final evaluation and the training history (4 significant digits;
+    # `histograms.fab_curves` plots it): what eacf_lab/pretrained/dw4-{spherical,none}-fab.eqx are copies of.
     short = {k: [float(f"{v:.4g}") for v in vs] for k, vs in history.items()}
-    checkpoint.save(path.replace(".eqx", "-flow.eqx"), flow, checkpoint.peek(path)["config"],
-                    {"eval": final, "history": short, "train": {"iterations": history["iteration"][-1],
-                                                                "train_wall_s": history["time"][-1],
-                                                                "n_params": flow.n_params()}})
+    export_flow(path, flow, {"eval": final, "history": short, "train": {"iterations": history["iteration"][-1],
+                                                                        "train_wall_s": history["time"][-1],
+                                                                        "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
             "command": f"python benchmarks/fab_quality.py {shlex.join(sys.argv[1:])}",
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,

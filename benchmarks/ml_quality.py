@@ -38,12 +38,12 @@ import time
 import jax
 import numpy as np
 
-from eacf_lab import checkpoint, data, make_flow, targets
+from eacf_lab import data, make_flow, targets
 from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import flow_sizes, merge_runs, write_results  # noqa: E402
+from common import export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -74,10 +74,7 @@ def run_one(target, projection, seed, args) -> dict:
     command = f"python benchmarks/ml_quality.py {shlex.join(sys.argv[1:])}"
     cost = {"steps": history["step"][-1], "train_wall_s": history["time"][-1], "steps_per_s": ml.steps_per_second(history),
             "n_params": flow.n_params()}
-    # The trained flow alone (no optimizer state) with its run's config and final evaluation, in
-    # the layout of `eacf-lab train`'s flow.eqx: a run worth keeping can be shipped as it is.
-    checkpoint.save(path.replace(".eqx", "-flow.eqx"), flow, checkpoint.peek(path)["config"],
-                    {"target": target, "projection": projection, "command": command, "train": cost, "eval": final})
+    export_flow(path, flow, {"target": target, "projection": projection, "command": command, "train": cost, "eval": final})
     return {"target": target, "projection": projection, "seed": seed, "epochs": epochs, "steps": cost["steps"],
             "n_params": cost["n_params"], "flow_config": flow.config, "train_wall_s": cost["train_wall_s"],
             "session_wall_s": session_s, "steps_per_s": cost["steps_per_s"], "eval_wall_s": time.perf_counter() - t0,

@@ -258,16 +258,14 @@ def main(argv=None):
                     r = bench_train(flow, data.load(target, "train"), size, ml.PUBLISHED[target]["aux_weight"], args)
                 else:
                     r = bench_sample(flow, size, args)
+                results.append({**base, "what": what, "batch": size, **r, **memory()})
+                print(f"  {target} {what}: compile {r['total_compile_wall_s']:.1f} s wall / {r['total_compile_cpu_s']:.1f} s "
+                      f"cpu; warm {r['wall_s']:.4f} s wall / {r['cpu_s']:.4f} s cpu ({r['reps']} reps)", flush=True)
             except (TooBig, jax.errors.JaxRuntimeError) as e:
                 if isinstance(e, jax.errors.JaxRuntimeError) and "RESOURCE_EXHAUSTED" not in str(e):
                     raise
                 results.append({**base, "what": what, "batch": size, "skipped": f"out of memory: {str(e)[:200]}"})
                 print(f"  {target} {what}: not measured (out of memory: {str(e)[:200]})", flush=True)
-                write(results, meta, args.out_dir)
-                continue
-            results.append({**base, "what": what, "batch": size, **r, **memory()})
-            print(f"  {target} {what}: compile {r['total_compile_wall_s']:.1f} s wall / {r['total_compile_cpu_s']:.1f} s "
-                  f"cpu; warm {r['wall_s']:.4f} s wall / {r['cpu_s']:.4f} s cpu ({r['reps']} reps)", flush=True)
         write(results, meta, args.out_dir)
     write(results, meta, args.out_dir)
     return 0
