@@ -51,13 +51,33 @@ PUBLISHED_NLL = {("dw4", "spherical"): 8.61, ("dw4", "vector"): 8.69, ("dw4", "c
                  ("lj13", "vector"): 30.19, ("lj13", "spherical"): 30.33, ("lj13", "cartesian"): 30.89, ("lj13", "none"): 33.32}
 
 
+def _epochs_and_test(target, args):
+    """The epochs and the test points a run of ``target`` uses under these options."""
+    epochs = args.epochs or (1 if args.smoke else ml.PUBLISHED[target]["epochs"])
+    return epochs, data.load(target, "test")[:args.n_test or (32 if args.smoke else 1000)]
+
+
+def _run_key(r) -> tuple:
+    """What identifies a run for ``--resume``: target, flow, seed and the setting (size, epochs, test points)."""
+    return r["target"], r["projection"], r["seed"], *_setting(r)[1:]
+
+
+def _planned_key(target, projection, seed, args) -> tuple:
+    """``_run_key`` of the run these options would make, without training it (building the
+    untrained flow for its config takes a few seconds at most)."""
+    n_nodes, dim = data.SPECS[target]
+    config = make_flow(jax.random.key(seed), n_nodes, dim, projection, **flow_sizes(args)).config
+    epochs, test = _epochs_and_test(target, args)
+    return _run_key({"target": target, "projection": projection, "seed": seed, "epochs": epochs,
+                     "n_test": len(test), "flow_config": config})
+
+
 def run_one(target, projection, seed, args) -> dict:
     n_nodes, dim = data.SPECS[target]
     sizes = flow_sizes(args)
     pub = ml.PUBLISHED[target]
-    epochs = args.epochs or (1 if args.smoke else pub["epochs"])
+    epochs, test = _epochs_and_test(target, args)
     train = data.load(target, "train")[:64 if args.smoke else None]
-    test = data.load(target, "test")[:args.n_test or (32 if args.smoke else 1000)]
     flow = make_flow(jax.random.key(seed), n_nodes, dim, projection, **sizes)
     c = flow.config
     os.makedirs(args.work, exist_ok=True)
@@ -143,7 +163,9 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--work", default=os.path.join("runs", "ml_quality"),
                    help="training checkpoints (an interrupted run resumes from its own) and the trained flows")
-    p.add_argument("--resume", action="store_true", help="keep the runs already in the results file; skip a (target, flow, seed) found there")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the runs already in the results file; skip a run found there with the same "
+                        "target, flow, seed, size, epochs and test points")
     p.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="train nothing: write one results file from the runs of these results files "
@@ -159,11 +181,11 @@ def main(argv=None):
     if args.resume and os.path.exists(path):
         with open(path) as f:
             runs = json.load(f)["runs"]
-    done = {(r["target"], r["projection"], r["seed"]) for r in runs}
+    done = {_run_key(r) for r in runs}
     for seed in args.seeds:  # every flow of seed 0 first: an interrupted benchmark still compares them
         for t in args.targets:
             for proj in args.projections:
-                if (t, proj, seed) in done:
+                if _planned_key(t, proj, seed, args) in done:
                     continue
                 runs.append(run_one(t, proj, seed, args))
                 print(json.dumps({k: runs[-1][k] for k in ("target", "projection", "seed", "nll", "train_wall_s")}), flush=True)

@@ -86,3 +86,25 @@ def test_merge_combines_results_files_and_refuses_foreign_ones(tmp_path):
         with pytest.raises(SystemExit, match="--merge needs ml_quality.json files written by ml_quality.py; ") as e:
             common.merge_runs([str(a), str(path)], "ml_quality.py", error)
         assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resume_skips_only_a_run_of_the_same_setting(tmp_path, monkeypatch):
+    def argv(epochs):
+        return ["--targets", "dw4", "--projections", "spherical", "--epochs", str(epochs), "--n-blocks", "2",
+                "--size", "8", "--n-test", "16", "--out", str(tmp_path), "--resume"]
+
+    results = tmp_path / "ml_quality.json"
+    results.write_text(json.dumps({"argv": [], "runs": [run("dw4", "spherical", 0, 9.0, blocks=2, width=8, epochs=3,
+                                                            n_test=16)]}))
+    trained = []
+
+    def fake_run_one(target, projection, seed, args):
+        trained.append(args.epochs)
+        return run(target, projection, seed, 9.5, blocks=2, width=8, epochs=args.epochs, n_test=16)
+
+    monkeypatch.setattr(ml_quality, "run_one", fake_run_one)
+    ml_quality.main(argv(3))  # the same target, flow, seed, size, epochs and test points: kept, not re-run
+    assert trained == []
+    ml_quality.main(argv(6))  # the same flow and seed for longer is another run (it used to be skipped)
+    assert trained == [6]
+    assert [r["epochs"] for r in json.loads(results.read_text())["runs"]] == [3, 6]

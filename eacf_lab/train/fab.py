@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from eacf_lab import checkpoint
 from eacf_lab.checks import check_dataset
 from eacf_lab.estimators import forward_ess, reverse_ess
-from eacf_lab.evaluate import data_point_terms
+from eacf_lab.evaluate import data_terms_in_chunks
 from eacf_lab.train import buffer as replay
 from eacf_lab.train import parallel
 from eacf_lab.train.ais import ais
@@ -139,7 +139,8 @@ def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=Non
     """Quick FAB metrics: ``reverse_ess`` of the flow and ``ais_ess`` of AIS towards ``p`` (alpha = 1,
     the current step sizes) from the same ``n_samples`` chains (run in chunks of ``chunk_size``,
     default ``min(n_samples, 1024)``; rounded up to whole chunks), and with ``test_data: (N, n, d)``
-    also ``forward_ess`` and ``nll`` (marginal estimator, Eq. 21).  ESS are fractions in ``[0, 1]``.
+    also ``forward_ess`` and ``nll`` (marginal estimator, Eq. 21; test points in chunks of 250, as
+    ``evaluate`` does: memory ~ ``250 * n_marginal`` flow passes).  ESS are fractions in ``[0, 1]``.
     ``mesh``: the AIS chunks are split across its devices (``chunk_size`` divisible by their number)."""
     chunk = chunk_size or min(n_samples, 1024)
     k_ais, k_test = jax.random.split(key)
@@ -149,7 +150,7 @@ def evaluate_fab(flow, target, *, key, step_sizes, n_samples=1024, test_data=Non
     out = {"reverse_ess": float(reverse_ess(jnp.concatenate([r.log_w_flow for r in parts]))),
            "ais_ess": float(reverse_ess(jnp.concatenate([r.log_w for r in parts])))}
     if test_data is not None:
-        marg, _, log_w = data_point_terms(flow, target, jnp.asarray(test_data), k_test, n_marginal)
+        marg, _, log_w = data_terms_in_chunks(flow, target, test_data, k_test, n_marginal, min(len(test_data), 250))
         out["forward_ess"] = float(forward_ess(log_w))
         marg = np.asarray(marg)
         out["nll"] = float(-np.mean(marg[np.isfinite(marg)])) if np.isfinite(marg).any() else float("nan")
