@@ -185,7 +185,7 @@ def main(argv=None):
     for seed in args.seeds:  # every flow of seed 0 first: an interrupted benchmark still compares them
         for t in args.targets:
             for proj in args.projections:
-                if _planned_key(t, proj, seed, args) in done:
+                if done and _planned_key(t, proj, seed, args) in done:  # (builds the flow: only when resuming)
                     continue
                 runs.append(run_one(t, proj, seed, args))
                 print(json.dumps({k: runs[-1][k] for k in ("target", "projection", "seed", "nll", "train_wall_s")}), flush=True)
