@@ -105,6 +105,12 @@ def _percent(fraction) -> str:
     return "" if fraction is None else f"~{100 * fraction:.0f} %"
 
 
+def _label(r) -> str:
+    """A run's name in the lists below the table: the same flow and seed may have run at several settings."""
+    return (f"{r['target']} {r['projection']} seed {r['seed']}, {r['iterations']} iterations, "
+            f"{r.get('n_devices', 1)} device{'s' if r.get('n_devices', 1) > 1 else ''}")
+
+
 def table(runs) -> str:
     lines = ["| target | flow | seed | iterations | train wall (s) | devices | it/s | reverse ESS | "
              "AIS ESS (last eval) | forward ESS | NLL | published ESS |", "|---" * 12 + "|"]
@@ -118,7 +124,7 @@ def table(runs) -> str:
     for r in runs:
         if (r["target"], r["projection"]) == ("dw4", "spherical"):
             met = r["reverse_ess"] >= 0.5 and r["train_wall_s"] <= 7200
-            lines += ["", f"Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), seed {r['seed']}: "
+            lines += ["", f"Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), {_label(r)}: "
                           f"{'met' if met else 'missed'} ({100 * r['reverse_ess']:.1f} % after {r['train_wall_s'] / 60:.0f} min)."]
     lines += ["", "Flow reverse ESS at the evaluations (estimates from the evaluation's AIS chains): "
                   "iteration (wall time): ESS", ""]
@@ -126,10 +132,10 @@ def table(runs) -> str:
         c = r["curve"]
         pts = ", ".join(f"{i} ({t:.0f} s): {100 * e:.1f} %"
                         for i, t, e in zip(c["eval_iteration"], c["eval_time"], c["eval_reverse_ess"]))
-        lines.append(f"* {r['target']} {r['projection']} seed {r['seed']}: {pts}")
+        lines.append(f"* {_label(r)}: {pts}")
     if any("command" in r for r in runs):
         lines += ["", "Commands:", ""]
-        lines += [f"* {r['target']} {r['projection']} seed {r['seed']}: `{r['command']}`" for r in runs if "command" in r]
+        lines += [f"* {_label(r)}: `{r['command']}`" for r in runs if "command" in r]
     return "\n".join(lines)
 
 
@@ -158,6 +164,7 @@ def main(argv=None):
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="train nothing: write one results file from the runs of these results files "
                         "(e.g. runs made in separate processes, side by side)")
+    p.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
     args = p.parse_args(argv)
     if args.merge:
         runs = merge_runs(args.merge, "fab_quality.py", p.error)
@@ -180,7 +187,8 @@ def main(argv=None):
 
 
 def write(args, name, runs) -> str:
-    return write_results(args.out, name, f"FAB quality ({'smoke' if args.smoke else 'benchmark'})", "fab_quality.py", runs, table(runs))
+    return write_results(args.out, name, f"FAB quality ({'smoke' if args.smoke else 'benchmark'})", "fab_quality.py", runs,
+                         table(runs), args.note)
 
 if __name__ == "__main__":
     main()

@@ -119,3 +119,27 @@ def test_fab_quality_records_the_xla_flags_its_devices_came_from(monkeypatch):
                                       "python benchmarks/fab_quality.py --data-parallel --minutes 1")
     monkeypatch.delenv("XLA_FLAGS")
     assert fab_quality._command() == "python benchmarks/fab_quality.py --data-parallel --minutes 1"
+
+
+def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
+    fab_quality = _module("fab_quality")
+
+    def fab_run(iterations, devices, ess, wall):
+        curve = {"eval_iteration": [1, iterations], "eval_time": [60.0, wall], "eval_reverse_ess": [0.001, ess],
+                 "eval_ais_ess": [0.01, 0.3]}
+        return {"target": "dw4", "projection": "spherical", "seed": 0, "iterations": iterations, "n_devices": devices,
+                "train_wall_s": wall, "iterations_per_s": iterations / wall, "reverse_ess": ess, "forward_ess": 0.4,
+                "nll": 7.9, "curve": curve}
+
+    md = fab_quality.table([fab_run(2000, 1, 0.174, 4121.0), fab_run(5400, 2, 0.52, 7100.0),
+                            fab_run(9000, 2, 0.6, 7300.0)])
+    goals = [line for line in md.splitlines() if line.startswith("Goal")]
+    assert goals == [
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
+        "2000 iterations, 1 device: missed (17.4 % after 69 min).",
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
+        "5400 iterations, 2 devices: met (52.0 % after 118 min).",
+        # 60 % but after more than 2 hours: missed
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
+        "9000 iterations, 2 devices: missed (60.0 % after 122 min)."]
+    assert "| dw4 | spherical | 0 | 5400 | 7100 | 2 | 0.761 | 52.0 % | 30.0 % | 40.0 % | 7.900 | ~80 % |" in md
