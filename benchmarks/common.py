@@ -15,6 +15,14 @@ from eacf_lab import checkpoint
 from eacf_lab.atomic import atomic_write
 
 
+def command(script: str) -> str:
+    """This process's command line for ``benchmarks/<script>``, with the XLA_FLAGS it ran under
+    (they can set the CPU device count, so the arguments alone would not rerun it)."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    line = f"python benchmarks/{script} {shlex.join(sys.argv[1:])}"
+    return f"XLA_FLAGS={shlex.quote(flags)} {line}" if flags else line
+
+
 def machine() -> dict:
     """Where a benchmark ran: platform, CPU count, Python/JAX versions, backend, devices, XLA flags."""
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
@@ -41,7 +40,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
+from common import command, export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -85,20 +84,13 @@ def run_one(target_name, projection, seed, args) -> dict:
                                                                         "train_wall_s": history["time"][-1],
                                                                         "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
-            "command": _command(), "n_devices": jax.device_count() if args.data_parallel else 1,
+            "command": command("fab_quality.py"), "n_devices": jax.device_count() if args.data_parallel else 1,
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,
             "train_wall_s": history["time"][-1], "session_wall_s": train_s,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0],
             "iterations_per_s": (history["iteration"][-1] - 1) / max(history["time"][-1] - history["time"][0], 1e-9),
             "eval_wall_s": time.perf_counter() - t0, "curve": curve,
             **final}
-
-
-def _command() -> str:
-    """This run's command line, with the XLA_FLAGS it ran under (they set the CPU device count)."""
-    flags = os.environ.get("XLA_FLAGS", "")
-    command = f"python benchmarks/fab_quality.py {shlex.join(sys.argv[1:])}"
-    return f"XLA_FLAGS={shlex.quote(flags)} {command}" if flags else command
 
 
 def _percent(fraction) -> str:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import sys
 import time
 
@@ -43,7 +42,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
+from common import command, export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -91,14 +90,14 @@ def run_one(target, projection, seed, args) -> dict:
     m = evaluate(flow, targets.get(target), test, key=jax.random.key(seed + 2),
                  n_flow_samples=64 if args.smoke else args.n_samples, n_marginal=2 if args.smoke else 20)
     final = {k: v for k, v in m.items() if not isinstance(v, dict)}
-    command = f"python benchmarks/ml_quality.py {shlex.join(sys.argv[1:])}"
+    run_command = command("ml_quality.py")
     cost = {"steps": history["step"][-1], "train_wall_s": history["time"][-1], "steps_per_s": ml.steps_per_second(history),
             "n_params": flow.n_params()}
-    export_flow(path, flow, {"target": target, "projection": projection, "command": command, "train": cost, "eval": final})
+    export_flow(path, flow, {"target": target, "projection": projection, "command": run_command, "train": cost, "eval": final})
     return {"target": target, "projection": projection, "seed": seed, "epochs": epochs, "steps": cost["steps"],
             "n_params": cost["n_params"], "flow_config": flow.config, "train_wall_s": cost["train_wall_s"],
             "session_wall_s": session_s, "steps_per_s": cost["steps_per_s"], "eval_wall_s": time.perf_counter() - t0,
-            "command": command, **final}
+            "command": run_command, **final}
 
 
 def _setting(r) -> tuple:

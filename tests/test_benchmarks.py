@@ -110,15 +110,14 @@ def test_resume_skips_only_a_run_of_the_same_setting(tmp_path, monkeypatch):
     assert [r["epochs"] for r in json.loads(results.read_text())["runs"]] == [3, 6]
 
 
-def test_fab_quality_records_the_xla_flags_its_devices_came_from(monkeypatch):
-    fab_quality = _module("fab_quality")
+def test_benchmark_commands_record_the_xla_flags_their_devices_came_from(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["fab_quality.py", "--data-parallel", "--minutes", "1"])
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     # the device count is set outside the script, so its command line alone would not rerun the run
-    assert fab_quality._command() == ("XLA_FLAGS=--xla_force_host_platform_device_count=2 "
+    assert common.command("fab_quality.py") == ("XLA_FLAGS=--xla_force_host_platform_device_count=2 "
                                       "python benchmarks/fab_quality.py --data-parallel --minutes 1")
     monkeypatch.delenv("XLA_FLAGS")
-    assert fab_quality._command() == "python benchmarks/fab_quality.py --data-parallel --minutes 1"
+    assert common.command("fab_quality.py") == "python benchmarks/fab_quality.py --data-parallel --minutes 1"
 
 
 def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
