@@ -68,25 +68,48 @@ def export_flow(run_path: str, flow, metrics: dict) -> str:
     return out
 
 
-def merge_runs(paths: list, script: str, error) -> list:
-    """The runs of several results files that ``benchmarks/<script>`` wrote (e.g. runs made side
-    by side in separate processes), each run tagged with the command that made it. ``error`` is
-    called with a one-line message (``argparse``'s ``parser.error``) for a file it cannot use."""
-    runs = []
+def add_results_options(parser) -> None:
+    """The quality benchmarks' ``--merge``, ``--note`` and ``--drop-notes`` options."""
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="train nothing: write one results file from the runs (and notes) of these results "
+                             "files (e.g. runs made in separate processes, side by side)")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a note for the results file (repeatable; with --merge, after the merged files' notes)")
+    parser.add_argument("--drop-notes", action="store_true",
+                        help="with --merge: do not carry the merged files' notes over (to rewrite them with --note)")
+
+
+def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
+    """The runs and notes of several results files that ``benchmarks/<script>`` wrote (e.g. runs
+    made side by side in separate processes): each run tagged with the command that made it, each
+    note once, in order. ``error`` is called with a one-line message (``argparse``'s
+    ``parser.error``) for a file it cannot use."""
+    runs, notes = [], []
     for path in paths:
         try:
             with open(path) as f:
                 doc = json.load(f)
-            file_runs, argv = doc["runs"], doc["argv"]
+            file_runs, argv, file_notes = doc["runs"], doc["argv"], doc.get("notes", [])
             if not isinstance(file_runs, list) or not all(isinstance(r, dict) for r in file_runs):
                 raise TypeError("'runs' is not a list of runs")
             if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
                 raise TypeError("'argv' is not a list of arguments")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            if not isinstance(file_notes, list) or not all(isinstance(n, str) for n in file_notes):
+                raise TypeError("'notes' is not a list of strings")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             error(f"--merge needs {os.path.splitext(script)[0]}.json files written by {script}; {path}: {e!r}")
         for r in file_runs:
             r.setdefault("command", f"python benchmarks/{script} {shlex.join(argv)}")
             runs.append(r)
+        notes += [n for n in file_notes if n not in notes]
+    return runs, notes
+
+
+def merged_results(args, script: str, error) -> list:
+    """``--merge``: the merged runs; ``args.note`` becomes the merged files' notes (unless
+    ``--drop-notes``) followed by the new ones, each once."""
+    runs, notes = merge_runs(args.merge, script, error)
+    args.note = list(dict.fromkeys(([] if args.drop_notes else notes) + args.note))
     return runs
 
 
@@ -95,7 +118,7 @@ def write_results(out: str, name: str, title: str, script: str, runs: list, tabl
     machine, command, ``table``, notes); return the markdown."""
     result = {"machine": machine(), "argv": sys.argv[1:], "runs": runs, "notes": list(notes)}
     md = (f"# {title}\n\nMachine: {result['machine']}\n\n"
-          f"Command: `python benchmarks/{script} {shlex.join(sys.argv[1:])}`\n\n{table}\n")
+          f"Command: `{command(script)}`\n\n{table}\n")
     if notes:
         md += "\nNotes:\n\n" + "".join(f"* {n}\n" for n in notes)
     os.makedirs(out, exist_ok=True)

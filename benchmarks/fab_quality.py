@@ -40,7 +40,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import command, export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
+from common import add_results_options, command, export_flow, flow_sizes, merged_results, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -68,7 +68,7 @@ def run_one(target_name, projection, seed, args) -> dict:
               n_updates=4 if args.smoke else 8, peak_lr=args.lr, test_data=test, eval_every=args.eval_every,
               n_eval_samples=64 if args.smoke else args.n_eval_samples, n_marginal=2 if args.smoke else 20,
               progress=not args.smoke, checkpoint_path=path, checkpoint_every=args.eval_every, resume=True,
-              devices="all" if args.data_parallel else None)
+              devices="all" if args.data_parallel else None, stop_at_iteration=args.stop_at)
     flow, history = fab(flow, target, callback=stop_on_deadline, **kw)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -139,6 +139,10 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--iterations", type=int, help="override the published iterations (DW4 20000, LJ13 14000)")
     p.add_argument("--minutes", type=float, help="stop each run after this much wall time (at an evaluation)")
+    p.add_argument("--stop-at", type=int, metavar="ITERATION",
+                   help="end each run at this iteration; the learning-rate schedule still spans --iterations "
+                        "(with an evaluation's checkpoint in --work, e.g. of a run stopped by hand, the run "
+                        "resumes there and ends at once: final evaluation, results, flow file)")
     p.add_argument("--batch-size", type=int, help="override the published batch (DW4 128, LJ13 1024)")
     p.add_argument("--n-blocks", type=int, help="override the 12 blocks")
     p.add_argument("--size", type=int, help="set n_invariant, mlp_width, egnn_hidden, transformer_size")
@@ -153,14 +157,14 @@ def main(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny flows, a few iterations: seconds")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder")
     p.add_argument("--work", default=os.path.join("runs", "fab_quality"), help="checkpoints (resumable runs)")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="train nothing: write one results file from the runs of these results files "
-                        "(e.g. runs made in separate processes, side by side)")
-    p.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
+    add_results_options(p)
     args = p.parse_args(argv)
+    if args.drop_notes and not args.merge:
+        p.error("--drop-notes needs --merge")
+    if args.stop_at is not None and args.stop_at < 1:
+        p.error(f"--stop-at needs an iteration >= 1, got {args.stop_at}")
     if args.merge:
-        runs = merge_runs(args.merge, "fab_quality.py", p.error)
-        print(write(args, "fab_quality", runs))
+        print(write(args, "fab_quality", merged_results(args, "fab_quality.py", p.error)))
         return
     if args.smoke:
         args.eval_every = 3

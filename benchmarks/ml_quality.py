@@ -42,7 +42,7 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import command, export_flow, flow_sizes, merge_runs, write_results  # noqa: E402
+from common import add_results_options, command, export_flow, flow_sizes, merged_results, write_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -165,13 +165,12 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true",
                    help="keep the runs already in the results file; skip a run found there with the same "
                         "target, flow, seed, size, epochs and test points")
-    p.add_argument("--note", action="append", default=[], help="a note for the results file (repeatable)")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="train nothing: write one results file from the runs of these results files "
-                        "(e.g. runs made in separate processes, side by side)")
+    add_results_options(p)
     args = p.parse_args(argv)
+    if args.drop_notes and not args.merge:
+        p.error("--drop-notes needs --merge")
     if args.merge:
-        print(write(args, "ml_quality", merge_runs(args.merge, "ml_quality.py", p.error)))
+        print(write(args, "ml_quality", merged_results(args, "ml_quality.py", p.error)))
         return
     os.makedirs(args.out, exist_ok=True)
     name = "ml_quality_smoke" if args.smoke else "ml_quality"

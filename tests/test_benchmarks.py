@@ -23,6 +23,15 @@ ml_quality = _module("ml_quality")
 common = sys.modules["common"]
 
 
+def fab_run(iterations, devices, ess, wall):
+    """One fab_quality.py run record (DW4 Spherical-proj, seed 0) with a two-point ESS curve."""
+    curve = {"eval_iteration": [1, iterations], "eval_time": [60.0, wall], "eval_reverse_ess": [0.001, ess],
+             "eval_ais_ess": [0.01, 0.3]}
+    return {"target": "dw4", "projection": "spherical", "seed": 0, "iterations": iterations, "n_devices": devices,
+            "train_wall_s": wall, "iterations_per_s": iterations / wall, "reverse_ess": ess, "forward_ess": 0.4,
+            "nll": 7.9, "curve": curve}
+
+
 def run(target, projection, seed, nll, *, nll_se=0.03, blocks=6, width=32, epochs=100, n_test=1000):
     return {"target": target, "projection": projection, "seed": seed, "epochs": epochs, "n_test": n_test,
             "flow_config": {"n_blocks": blocks, "mlp_width": width}, "n_params": 1000 + blocks * width,
@@ -59,7 +68,7 @@ def test_ml_quality_table_groups_by_setting_and_judges_the_ordering_with_error_b
     assert verdict_lines(ml_quality.table([run("dw4", "spherical", 0, 9.0)])) == []
 
 
-def test_merge_combines_results_files_and_refuses_foreign_ones(tmp_path):
+def test_merge_combines_results_files_and_their_notes_and_refuses_foreign_ones(tmp_path, capsys):
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     a.write_text(json.dumps({"argv": ["--targets", "dw4", "--seeds", "1"], "runs": [run("dw4", "spherical", 1, 9.1)]}))
     tagged = dict(run("dw4", "none", 0, 12.3), command="python benchmarks/ml_quality.py --projections none")
@@ -73,6 +82,23 @@ def test_merge_combines_results_files_and_refuses_foreign_ones(tmp_path):
     md = (out / "ml_quality.md").read_text()
     assert "* measured on 2 cores" in md and "**yes, clearly" in md
 
+    # a merged file merged again keeps its notes; new notes follow them, a repeated one appears once
+    again = tmp_path / "again"
+    ml_quality.main(["--merge", str(out / "ml_quality.json"), "--out", str(again), "--note", "second",
+                     "--note", "measured on 2 cores"])
+    assert json.loads((again / "ml_quality.json").read_text())["notes"] == ["measured on 2 cores", "second"]
+    # --drop-notes rewrites them (in fab_quality too: the options are shared)
+    fab_quality = _module("fab_quality")
+    fab_file = tmp_path / "fab.json"
+    fab_file.write_text(json.dumps({"argv": [], "runs": [fab_run(2000, 1, 0.174, 4121.0)], "notes": ["old"]}))
+    fab_quality.main(["--merge", str(fab_file), "--out", str(again), "--note", "new"])
+    assert json.loads((again / "fab_quality.json").read_text())["notes"] == ["old", "new"]
+    fab_quality.main(["--merge", str(fab_file), "--out", str(again), "--drop-notes", "--note", "new"])
+    assert json.loads((again / "fab_quality.json").read_text())["notes"] == ["new"]
+    with pytest.raises(SystemExit):
+        ml_quality.main(["--drop-notes", "--out", str(again)])
+    assert "error: --drop-notes needs --merge" in capsys.readouterr().err
+
     def error(message):
         raise SystemExit(message)
 
@@ -82,7 +108,9 @@ def test_merge_combines_results_files_and_refuses_foreign_ones(tmp_path):
     broken.write_text('{"runs": [')
     not_runs = tmp_path / "not_runs.json"
     not_runs.write_text(json.dumps({"argv": [], "runs": [1, 2]}))
-    for path in (tmp_path / "missing.json", foreign, broken, not_runs):
+    bad_notes = tmp_path / "bad_notes.json"
+    bad_notes.write_text(json.dumps({"argv": [], "runs": [], "notes": "one note, not a list"}))
+    for path in (tmp_path / "missing.json", foreign, broken, not_runs, bad_notes):
         with pytest.raises(SystemExit, match="--merge needs ml_quality.json files written by ml_quality.py; ") as e:
             common.merge_runs([str(a), str(path)], "ml_quality.py", error)
         assert str(path) in str(e.value) and "\n" not in str(e.value)
@@ -123,13 +151,6 @@ def test_benchmark_commands_record_the_xla_flags_their_devices_came_from(monkeyp
 def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
     fab_quality = _module("fab_quality")
 
-    def fab_run(iterations, devices, ess, wall):
-        curve = {"eval_iteration": [1, iterations], "eval_time": [60.0, wall], "eval_reverse_ess": [0.001, ess],
-                 "eval_ais_ess": [0.01, 0.3]}
-        return {"target": "dw4", "projection": "spherical", "seed": 0, "iterations": iterations, "n_devices": devices,
-                "train_wall_s": wall, "iterations_per_s": iterations / wall, "reverse_ess": ess, "forward_ess": 0.4,
-                "nll": 7.9, "curve": curve}
-
     md = fab_quality.table([fab_run(2000, 1, 0.174, 4121.0), fab_run(5400, 2, 0.52, 7100.0),
                             fab_run(9000, 2, 0.6, 7300.0)])
     goals = [line for line in md.splitlines() if line.startswith("Goal")]
@@ -142,3 +163,23 @@ def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
         "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
         "9000 iterations, 2 devices: missed (60.0 % after 122 min)."]
     assert "| dw4 | spherical | 0 | 5400 | 7100 | 2 | 0.761 | 52.0 % | 30.0 % | 40.0 % | 7.900 | ~80 % |" in md
+
+
+def test_fab_quality_stop_at_ends_runs_early_on_the_full_schedule(tmp_path, monkeypatch, capsys):
+    fab_quality = _module("fab_quality")
+    seen = {}
+
+    def fake_fab(flow, target, **kw):  # what the benchmark asks of the library; no training
+        seen.update(kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fab_quality, "fab", fake_fab)
+    with pytest.raises(KeyboardInterrupt):
+        fab_quality.main(["--projections", "spherical", "--iterations", "100", "--stop-at", "40", "--n-blocks", "1",
+                          "--size", "8", "--n-test", "8", "--out", str(tmp_path), "--work", str(tmp_path)])
+    # the schedule spans --iterations; the run ends at --stop-at, resuming any checkpoint in --work
+    assert (seen["n_iterations"], seen["stop_at_iteration"], seen["resume"]) == (100, 40, True)
+    assert seen["checkpoint_path"] == os.path.join(str(tmp_path), "dw4-spherical-0.eqx")
+    with pytest.raises(SystemExit):
+        fab_quality.main(["--stop-at", "0", "--out", str(tmp_path)])
+    assert "error: --stop-at needs an iteration >= 1, got 0" in capsys.readouterr().err
