@@ -18,6 +18,10 @@ run's resumable checkpoint in ``--work``, the trained flow alone with its histor
 ``--data-parallel`` splits every batch across all JAX devices (``fab(..., devices="all")``).  On
 a CPU, make one device per core first: ``XLA_FLAGS=--xla_force_host_platform_device_count=2``
 (one XLA device runs its work mostly on one thread, so this is how FAB uses both cores).
+Runs resume from their checkpoints in ``--work``; ``--stop-at N`` ends them at iteration ``N`` on
+the learning-rate schedule of ``--iterations`` (a run stopped by hand after an evaluation then
+finishes from there: final evaluation, results and flow file). ``--merge`` keeps the merged
+files' notes (``--drop-notes`` to rewrite them).
 
 Published anchors (FAB, joint reverse ESS, Spherical/Vector/Cartesian-proj): about 80 % on DW4
 after 20,000 iterations of batch 128, about 60 % on LJ13 after 14,000 iterations of batch 1,024;
