@@ -96,7 +96,7 @@ def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
                 raise TypeError("'argv' is not a list of arguments")
             if not isinstance(file_notes, list) or not all(isinstance(n, str) for n in file_notes):
                 raise TypeError("'notes' is not a list of strings")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             error(f"--merge needs {os.path.splitext(script)[0]}.json files written by {script}; {path}: {e!r}")
         for r in file_runs:
             r.setdefault("command", f"python benchmarks/{script} {shlex.join(argv)}")
@@ -105,9 +105,14 @@ def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
     return runs, notes
 
 
-def merged_results(args, script: str, error) -> list:
+def merged_results(args, script: str, error) -> list | None:
     """``--merge``: the merged runs; ``args.note`` becomes the merged files' notes (unless
-    ``--drop-notes``) followed by the new ones, each once."""
+    ``--drop-notes``) followed by the new ones, each once. ``None`` without ``--merge`` (where
+    ``--drop-notes`` is an error)."""
+    if not args.merge:
+        if args.drop_notes:
+            error("--drop-notes needs --merge")
+        return None
     runs, notes = merge_runs(args.merge, script, error)
     args.note = list(dict.fromkeys(([] if args.drop_notes else notes) + args.note))
     return runs

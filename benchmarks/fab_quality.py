@@ -163,12 +163,11 @@ def main(argv=None):
     p.add_argument("--work", default=os.path.join("runs", "fab_quality"), help="checkpoints (resumable runs)")
     add_results_options(p)
     args = p.parse_args(argv)
-    if args.drop_notes and not args.merge:
-        p.error("--drop-notes needs --merge")
     if args.stop_at is not None and args.stop_at < 1:
         p.error(f"--stop-at needs an iteration >= 1, got {args.stop_at}")
-    if args.merge:
-        print(write(args, "fab_quality", merged_results(args, "fab_quality.py", p.error)))
+    merged = merged_results(args, "fab_quality.py", p.error)
+    if merged is not None:
+        print(write(args, "fab_quality", merged))
         return
     if args.smoke:
         args.eval_every = 3

@@ -167,10 +167,9 @@ def main(argv=None):
                         "target, flow, seed, size, epochs and test points")
     add_results_options(p)
     args = p.parse_args(argv)
-    if args.drop_notes and not args.merge:
-        p.error("--drop-notes needs --merge")
-    if args.merge:
-        print(write(args, "ml_quality", merged_results(args, "ml_quality.py", p.error)))
+    merged = merged_results(args, "ml_quality.py", p.error)
+    if merged is not None:
+        print(write(args, "ml_quality", merged))
         return
     os.makedirs(args.out, exist_ok=True)
     name = "ml_quality_smoke" if args.smoke else "ml_quality"
