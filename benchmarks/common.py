@@ -59,6 +59,12 @@ def flow_sizes(args) -> dict:
     return sizes
 
 
+def size_label(run: dict) -> str:
+    """A run record's flow size as the tables print it: ``"blocks x width"`` from its ``flow_config``."""
+    c = run["flow_config"]
+    return f"{c['n_blocks']} x {c['mlp_width']}"
+
+
 def export_flow(run_path: str, flow, metrics: dict) -> str:
     """Next to a run's training checkpoint ``run_path`` (``x.eqx``), write ``x-flow.eqx``: the
     trained flow alone (no optimizer or buffer state) with the run's config and ``metrics`` --

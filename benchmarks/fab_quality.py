@@ -44,7 +44,8 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_results_options, command, export_flow, flow_sizes, merged_results, write_results  # noqa: E402
+from common import (add_results_options, command, export_flow, flow_sizes, merged_results,  # noqa: E402
+                    size_label, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -103,16 +104,17 @@ def _percent(fraction) -> str:
 
 def _label(r) -> str:
     """A run's name in the lists below the table: the same flow and seed may have run at several settings."""
-    return (f"{r['target']} {r['projection']} seed {r['seed']}, {r['iterations']} iterations, "
+    return (f"{r['target']} {r['projection']} {size_label(r)} seed {r['seed']}, {r['iterations']} iterations, "
             f"{r.get('n_devices', 1)} device{'s' if r.get('n_devices', 1) > 1 else ''}")
 
 
 def table(runs) -> str:
-    lines = ["| target | flow | seed | iterations | train wall (s) | devices | it/s | reverse ESS | "
-             "AIS ESS (last eval) | forward ESS | NLL | published ESS |", "|---" * 12 + "|"]
+    lines = ["| target | flow | size (blocks x width) | params | seed | iterations | train wall (s) | devices | it/s | "
+             "reverse ESS | AIS ESS (last eval) | forward ESS | NLL | published ESS |", "|---" * 14 + "|"]
     for r in runs:
         ais_ess = r["curve"]["eval_ais_ess"][-1] if r["curve"].get("eval_ais_ess") else float("nan")
-        lines.append(f"| {r['target']} | {r['projection']} | {r['seed']} | {r['iterations']} | {r['train_wall_s']:.0f} | "
+        lines.append(f"| {r['target']} | {r['projection']} | {size_label(r)} | {r['n_params']:,} | {r['seed']} | "
+                     f"{r['iterations']} | {r['train_wall_s']:.0f} | "
                      f"{r.get('n_devices', 1)} | {r['iterations_per_s']:.3f} | {100 * r['reverse_ess']:.1f} % | "
                      f"{100 * ais_ess:.1f} % | "
                      f"{100 * r['forward_ess']:.1f} % | {r['nll']:.3f} | "

@@ -42,7 +42,8 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import add_results_options, command, export_flow, flow_sizes, merged_results, write_results  # noqa: E402
+from common import (add_results_options, command, export_flow, flow_sizes, merged_results,  # noqa: E402
+                    size_label, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -102,8 +103,7 @@ def run_one(target, projection, seed, args) -> dict:
 
 def _setting(r) -> tuple:
     """What makes runs comparable: target, flow size (blocks x width), epochs, test points."""
-    c = r["flow_config"]
-    return r["target"], f"{c['n_blocks']} x {c['mlp_width']}", r["epochs"], r["n_test"]
+    return r["target"], size_label(r), r["epochs"], r["n_test"]
 
 
 def table(runs) -> str:

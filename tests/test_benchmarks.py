@@ -23,11 +23,12 @@ ml_quality = _module("ml_quality")
 common = sys.modules["common"]
 
 
-def fab_run(iterations, devices, ess, wall):
-    """One fab_quality.py run record (DW4 Spherical-proj, seed 0) with a two-point ESS curve."""
+def fab_run(iterations, devices, ess, wall, width=16):
+    """One fab_quality.py run record (DW4 Spherical-proj, 3 blocks, seed 0) with a two-point ESS curve."""
     curve = {"eval_iteration": [1, iterations], "eval_time": [60.0, wall], "eval_reverse_ess": [0.001, ess],
              "eval_ais_ess": [0.01, 0.3]}
     return {"target": "dw4", "projection": "spherical", "seed": 0, "iterations": iterations, "n_devices": devices,
+            "flow_config": {"n_blocks": 3, "mlp_width": width}, "n_params": 300 * width ** 2,
             "train_wall_s": wall, "iterations_per_s": iterations / wall, "reverse_ess": ess, "forward_ess": 0.4,
             "nll": 7.9, "curve": curve}
 
@@ -152,17 +153,22 @@ def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
     fab_quality = _module("fab_quality")
 
     md = fab_quality.table([fab_run(2000, 1, 0.174, 4121.0), fab_run(5400, 2, 0.52, 7100.0),
-                            fab_run(9000, 2, 0.6, 7300.0)])
+                            fab_run(9000, 2, 0.6, 7300.0), fab_run(5400, 2, 0.45, 7000.0, width=24)])
     goals = [line for line in md.splitlines() if line.startswith("Goal")]
     assert goals == [
-        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical 3 x 16 seed 0, "
         "2000 iterations, 1 device: missed (17.4 % after 69 min).",
-        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical 3 x 16 seed 0, "
         "5400 iterations, 2 devices: met (52.0 % after 118 min).",
         # 60 % but after more than 2 hours: missed
-        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical seed 0, "
-        "9000 iterations, 2 devices: missed (60.0 % after 122 min)."]
-    assert "| dw4 | spherical | 0 | 5400 | 7100 | 2 | 0.761 | 52.0 % | 30.0 % | 40.0 % | 7.900 | ~80 % |" in md
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical 3 x 16 seed 0, "
+        "9000 iterations, 2 devices: missed (60.0 % after 122 min).",
+        # the same iterations and devices with a wider flow: a run of its own
+        "Goal (DW4 Spherical-proj >= 50 % reverse ESS within 2 h on 2 CPU cores), dw4 spherical 3 x 24 seed 0, "
+        "5400 iterations, 2 devices: missed (45.0 % after 117 min)."]
+    assert ("| dw4 | spherical | 3 x 16 | 76,800 | 0 | 5400 | 7100 | 2 | 0.761 | 52.0 % | 30.0 % | 40.0 % | 7.900 "
+            "| ~80 % |") in md
+    assert "| dw4 | spherical | 3 x 24 | 172,800 | 0 | 5400 | 7000 | 2 | 0.771 | 45.0 % |" in md
 
 
 def test_fab_quality_stop_at_ends_runs_early_on_the_full_schedule(tmp_path, monkeypatch, capsys):
