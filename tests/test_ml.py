@@ -12,7 +12,11 @@ from eacf_lab import checkpoint, data, make_flow
 from eacf_lab.cli import QUICK_SIZES
 from eacf_lab.train import ml
 
-SETTINGS = dict(epochs=20, batch_size=32, aux_weight=0.0, peak_lr=1e-2, end_lr=3e-3, warmup_epochs=2, progress=False)
+# 160 steps at a peak learning rate of 3e-3: long enough that every seed tried leaves the flat
+# start (measured over training keys 1-12: the mean minibatch NLL of the last 10 steps is
+# 1.6-6.1 nats below that of the first 10). Shorter runs at 1e-2 drop by -0.1 to 0.9 nats
+# depending on the key, too little to tell training from noise.
+SETTINGS = dict(epochs=80, batch_size=32, aux_weight=0.0, peak_lr=3e-3, end_lr=1e-3, warmup_epochs=2, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -26,28 +30,28 @@ def tiny_flow(seed=0):
 
 @pytest.fixture(scope="module")
 def straight(train):
-    """40 uninterrupted steps, with a callback and validation."""
+    """160 uninterrupted steps, with a callback and validation."""
     seen = []
     flow, history = ml.fit(tiny_flow(), train, key=jax.random.key(1), val_data=data.load("dw4", "val")[:32],
-                           eval_every=20, callback=lambda step, m: seen.append((step, m)), **SETTINGS)
+                           eval_every=80, callback=lambda step, m: seen.append((step, m)), **SETTINGS)
     return flow, history, seen
 
 
 def test_loss_drops(straight):
     _, history, seen = straight
     nll = np.asarray(history["nll"])
-    assert len(nll) == 40 and np.all(np.isfinite(nll))
-    assert nll[-10:].mean() < nll[:10].mean() - 0.2, (nll[:10].mean(), nll[-10:].mean())
-    assert history["val_step"] == [20, 40] and np.all(np.isfinite(history["val_nll"]))
-    assert [s for s, _ in seen] == list(range(1, 41)) and "val_nll" in seen[19][1]
-    assert history["lr"][0] == pytest.approx(2e-5, rel=1e-3) and max(history["lr"]) == pytest.approx(1e-2, rel=0.05)
+    assert len(nll) == 160 and np.all(np.isfinite(nll))
+    assert nll[-10:].mean() < nll[:10].mean() - 0.5, (nll[:10].mean(), nll[-10:].mean())
+    assert history["val_step"] == [80, 160] and np.all(np.isfinite(history["val_nll"]))
+    assert [s for s, _ in seen] == list(range(1, 161)) and "val_nll" in seen[79][1]
+    assert history["lr"][0] == pytest.approx(2e-5, rel=1e-3) and max(history["lr"]) == pytest.approx(3e-3, rel=0.05)
 
 
 def test_joint_nll_drops(straight, train):
     # Same key => same augmented draws before and after: a low-noise comparison.
     before = ml.joint_nll(tiny_flow(), train, key=jax.random.key(5))
     after = ml.joint_nll(straight[0], train, key=jax.random.key(5))
-    assert after < before - 0.05, (before, after)  # measured: 12.20 -> 12.08 (a 1-block toy, 40 steps)
+    assert after < before - 0.5, (before, after)  # measured: 12.20 -> 6.88 (a 1-block toy, 160 steps)
 
 
 def test_resume_continues_the_same_trajectory(straight, train, tmp_path):
@@ -60,7 +64,7 @@ def test_resume_continues_the_same_trajectory(straight, train, tmp_path):
     ref_flow, ref_history, _ = straight
     for a, b in zip(jax.tree.leaves(flow), jax.tree.leaves(ref_flow)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert history["nll"] == ref_history["nll"] and history["step"] == list(range(1, 41))
+    assert history["nll"] == ref_history["nll"] and history["step"] == list(range(1, 161))
 
 
 def test_resume_refuses_other_settings(train, tmp_path):

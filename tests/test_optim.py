@@ -50,13 +50,35 @@ def test_bad_step_is_skipped_and_state_frozen(kind):
     new_params = optax.apply_updates(params, upd)
     _assert_tree_equal(new_params, params)
     _assert_tree_equal(new_state.inner_state, state.inner_state)  # Adam moments and count
-    _assert_tree_equal(new_state.norms, state.norms)  # bad norm not recorded
+    if kind == "exploding":  # a finite norm is recorded, skipped or not (no lock-up: below)
+        assert int(new_state.n_filled) == int(state.n_filled) + 1
+        np.testing.assert_allclose(float(new_state.norms[state.index]), 1000.0, rtol=1e-5)
+    else:  # a non-finite one never
+        _assert_tree_equal(new_state.norms, state.norms)
+        assert int(new_state.n_filled) == int(state.n_filled)
     assert int(new_state.n_skipped) == 1 and bool(new_state.last_skipped)
     # The next normal step proceeds as if the bad one had never happened.
     g = _grads(100)
     u1, _ = ADAM_UPDATE(g, new_state, params)
     u2, _ = ADAM_UPDATE(g, state, params)
     _assert_tree_equal(u1, u2)
+
+
+def test_lasting_rise_of_the_norm_is_followed_not_skipped_for_ever():
+    # Norms jump from 1 to 100 (> 20x the median) and stay there, as when training leaves a
+    # plateau. Skipped norms enter the window, so the median catches up and steps resume; a
+    # window of accepted norms only would skip every step from here on.
+    opt = skip_and_clip_by_norm_window(window=8, inner=None)
+    update = jax.jit(opt.update)
+    _, state = _warm_up(opt, update)  # window: eight norms of 1
+    skipped = []
+    for i in range(12):
+        upd, state = update(_grads(200 + i, 100.0), state, PARAMS)
+        skipped.append(bool(state.last_skipped))
+    # The median of eight slots passes 100 / 20 once five of them hold 100: four skips, then steps.
+    assert skipped == [True] * 4 + [False] * 8, skipped
+    np.testing.assert_allclose(float(optax.tree.norm(upd)), 100.0, rtol=1e-5)  # median 100: no clip
+    assert int(state.n_skipped) == 4
 
 
 def test_nan_is_skipped_before_history():

@@ -2,7 +2,7 @@
 
 Training a flow by maximum likelihood or FAB occasionally produces a huge or non-finite
 gradient (a sample near a singularity of the target, a nearly collinear frame). The paper
-puts Adam behind a rule over a window of the last 100 *accepted* global gradient norms:
+puts Adam behind a rule over a window of the last 100 finite global gradient norms:
 
 * **skip** the update when the norm is non-finite or larger than ``skip_factor`` x the
   window median (paper: 20; published code: 10);
@@ -11,6 +11,13 @@ puts Adam behind a rule over a window of the last 100 *accepted* global gradient
 
 Our defaults are the paper's. Until the window holds ``min_history`` norms only the
 non-finite rule applies (no median yet to compare with).
+
+The window records every finite norm, *skipped ones included* (as the published code does).
+A window of accepted norms only would lock up: after a lasting rise of the gradient norm
+above ``skip_factor`` x the median (training leaving a plateau does this) every later step
+is skipped, the window never changes again, and training silently stops for good. Recording
+skipped norms lets the median follow a lasting rise within about ``window / 2`` steps, while
+a single outlier still barely moves it. Non-finite norms are never recorded.
 
 A skipped step must leave *all* optimizer state untouched: if a zero gradient were passed
 on to Adam, its moments would still decay. So the rule wraps the inner transformation
@@ -39,10 +46,10 @@ class SkipClipState(NamedTuple):
     """State of :func:`skip_and_clip_by_norm_window` (a pytree; jit/scan friendly).
 
     Attributes:
-        norms: ``(window,)`` float32 ring buffer of accepted gradient norms; unfilled
+        norms: ``(window,)`` float32 ring buffer of the latest finite gradient norms; unfilled
             slots hold ``+inf`` (never NaN, so ``jax_debug_nans`` stays quiet).
         n_filled: int32, number of valid entries in ``norms`` (at most ``window``).
-        index: int32, slot the next accepted norm is written to.
+        index: int32, slot the next finite norm is written to.
         n_skipped: int32, total number of skipped updates.
         n_clipped: int32, total number of clipped updates.
         last_norm: float32, global norm of the latest raw gradient (may be inf/NaN).
@@ -83,7 +90,7 @@ def skip_and_clip_by_norm_window(
     """Skip or clip updates by comparing the gradient norm with a window median (App. C.1).
 
     Arguments:
-        window: number of accepted gradient norms kept (paper: 100).
+        window: number of finite gradient norms kept (paper: 100).
         skip_factor: skip when ``norm > skip_factor * median`` (paper 20, code 10).
         clip_factor: clip the gradient to ``clip_factor * median`` (paper 5, code 2).
         min_history: number of norms needed before the median rules apply.
@@ -93,7 +100,9 @@ def skip_and_clip_by_norm_window(
 
     Returns:
         An ``optax.GradientTransformation`` whose state is a :class:`SkipClipState`.
-        The recorded norm is the raw (pre-clip) norm of accepted steps.
+        The recorded norm is the raw (pre-clip) norm of every step whose norm is finite,
+        skipped steps included (see the module docstring: otherwise a lasting rise of the
+        norm would skip every later step).
     """
     if not (isinstance(window, int) and window >= 1):
         raise ValueError(f"window must be a positive int, got {window!r}")
@@ -137,12 +146,12 @@ def skip_and_clip_by_norm_window(
         new_updates, new_inner = inner.update(grads, state.inner_state, params)
         new_updates = jax.tree.map(lambda u: jnp.where(skip, jnp.zeros_like(u), u), new_updates)
         inner_state = optax.tree_utils.tree_where(skip, state.inner_state, new_inner)
-        accept = ~skip
-        norms = jnp.where(accept, state.norms.at[state.index].set(norm), state.norms)
+        # Record every finite norm, skipped or not (module docstring: no lock-up).
+        norms = jnp.where(finite, state.norms.at[state.index].set(norm), state.norms)
         new_state = SkipClipState(
             norms=norms,
-            n_filled=jnp.where(accept, jnp.minimum(state.n_filled + 1, window), state.n_filled),
-            index=jnp.where(accept, (state.index + 1) % window, state.index),
+            n_filled=jnp.where(finite, jnp.minimum(state.n_filled + 1, window), state.n_filled),
+            index=jnp.where(finite, (state.index + 1) % window, state.index),
             n_skipped=state.n_skipped + skip.astype(jnp.int32),
             n_clipped=state.n_clipped + clip.astype(jnp.int32),
             last_norm=norm,
