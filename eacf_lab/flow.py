@@ -22,7 +22,8 @@ one coupling as its body:
 
 After two such steps the halves are back in place and the result is exactly one block
 (``Block.forward`` spells the block out and is tested against the scan).  Compile time is
-then set by one coupling: it does not grow with depth.
+then set by one coupling: it does not grow with depth.  Under a gradient each coupling is
+recomputed in the backward pass (``jax.checkpoint``) rather than stored: see ``_scan_blocks``.
 
 Base: ``q0(z_x, z_a) = N_H(z_x; 0, I) prod_i N(z_a_i; z_x, eta^2 I)`` (zero-CoM Gaussian on the
 hyperplane H times the augmented conditional), the same form as the augmented target
@@ -114,8 +115,17 @@ def _scan_blocks(blocks, X, features, inverse: bool, n_blocks: int):
         A, ld_c, aux_c = eqx.combine(p, static).inverse(X[:m], X[m:], features)
         return (shift_com(jnp.concatenate([A, X[m:]]), 0), ld + ld_c, aux + aux_c), None
 
+    # Rematerialisation (``jax.checkpoint``): under a gradient, the backward pass recomputes one
+    # coupling's forward pass from the scan carry instead of reading stored intermediates.
+    # Without it, reverse-mode AD of the scan stacks every intermediate of the couplings into a
+    # ``(2 n_blocks, ...)`` buffer (some 250 buffers for E-ACF couplings, many of them
+    # ``(2 n_blocks, batch, n, n, width)``); on CPU, filling and copying them costs more than
+    # the recomputation (``benchmarks/results/speed.md``).  Values and gradients are unchanged;
+    # without a gradient (sampling, density evaluation) it does nothing.  ``prevent_cse=False``
+    # is safe inside ``scan``, which already keeps XLA from merging the recomputation away.
+    step = jax.checkpoint(backward if inverse else forward, prevent_cse=False)
     zero = jnp.zeros((), X.dtype)
-    (X, ld, aux), _ = jax.lax.scan(backward if inverse else forward, (X, zero, zero), params, reverse=inverse)
+    (X, ld, aux), _ = jax.lax.scan(step, (X, zero, zero), params, reverse=inverse)
     return X, ld, aux / (2 * n_blocks)  # = mean over blocks of the blocks' mean aux
 
 
