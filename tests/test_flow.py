@@ -191,7 +191,6 @@ def test_scan_over_couplings_equals_the_blocks_spelled_out(projection, dim, n_au
     np.testing.assert_allclose(aux_scan, aux, rtol=1e-4)  # float32 sums in another order
 
 
-
 @pytest.mark.parametrize("projection, dim, n_aug", [("spherical", 3, 1), ("vector", 2, 3)])
 def test_rematerialised_scan_has_the_gradients_of_the_blocks_spelled_out(projection, dim, n_aug):
     """Under a gradient the scan recomputes each coupling (``jax.checkpoint`` in
@@ -223,6 +222,7 @@ def test_rematerialised_scan_has_the_gradients_of_the_blocks_spelled_out(project
     params, static = eqx.partition(f.blocks, eqx.is_array)
     jaxpr = str(jax.make_jaxpr(lambda p: eqx.filter_grad(scanned)(eqx.combine(p, static)))(params))
     assert re.search(r"\b(remat\w*|checkpoint)\b", jaxpr), "the scan body is no longer rematerialised"
+
 
 def test_config_round_trip():
     f = el.make_flow(jax.random.key(0), 4, 2, "cartesian", n_aug=3, n_blocks=1, inner="spline", **TINY)

@@ -12,7 +12,7 @@ from eacf_lab import checkpoint, data, make_flow
 from eacf_lab.cli import QUICK_SIZES
 from eacf_lab.train import ml
 
-# 160 steps at a peak learning rate of 3e-3: long enough that every seed tried leaves the flat
+# 160 steps at a peak learning rate of 3e-3: long enough that every training key tried leaves the flat
 # start (measured over training keys 1-12: the mean minibatch NLL of the last 10 steps is
 # 1.6-6.1 nats below that of the first 10). Shorter runs at 1e-2 drop by -0.1 to 0.9 nats
 # depending on the key, too little to tell training from noise.
