@@ -163,14 +163,19 @@ def test_blocks_are_initialised_independently():
     assert not np.allclose(w[0], w[1]) and not np.allclose(w[1], w[2])
 
 
+def unstacked(blocks, n_blocks):
+    """The stacked ``Block`` (every array leaf has a leading ``n_blocks`` axis) as a list of blocks."""
+    params, static = eqx.partition(blocks, eqx.is_array)
+    return [eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[i], params), static) for i in range(n_blocks)]
+
+
 @pytest.mark.parametrize("projection, dim, n_aug", [("spherical", 3, 1), ("vector", 2, 3)])
 def test_scan_over_couplings_equals_the_blocks_spelled_out(projection, dim, n_aug):
     """The flow runs one ``lax.scan`` over its couplings, swapping halves after each; that must
     be exactly Alg. 1/2's blocks (``Block.forward``/``Block.inverse``) applied one by one."""
     f = perturbed_flow(projection, dim, n_aug)
     z_x, z_a = f.sample_base(key=jax.random.key(4))
-    params, static = eqx.partition(f.blocks, eqx.is_array)
-    blocks = [eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[i], params), static) for i in range(f.n_blocks)]
+    blocks = unstacked(f.blocks, f.n_blocks)
     X, ld, aux = jnp.concatenate([z_x[None], z_a]), 0.0, 0.0
     for block in blocks:
         X, ld_b, aux_b = block.forward(X)
@@ -206,10 +211,9 @@ def test_rematerialised_scan_has_the_gradients_of_the_blocks_spelled_out(project
         return ld + jnp.sum(c * Z) + aux
 
     def spelled_out(blocks):
-        params, static = eqx.partition(blocks, eqx.is_array)
         Z, total, aux = X, 0.0, 0.0
-        for i in reversed(range(f.n_blocks)):
-            Z, ld, aux_b = eqx.combine(jax.tree_util.tree_map(lambda leaf: leaf[i], params), static).inverse(Z)
+        for block in reversed(unstacked(blocks, f.n_blocks)):
+            Z, ld, aux_b = block.inverse(Z)
             total, aux = total + ld, aux + aux_b / f.n_blocks
         return total + jnp.sum(c * Z) + aux
 
