@@ -88,7 +88,8 @@ def add_results_options(parser) -> None:
 def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
     """The runs and notes of several results files that ``benchmarks/<script>`` wrote (e.g. runs
     made side by side in separate processes): each run tagged with the command that made it, each
-    note once, in order. ``error`` is called with a one-line message (``argparse``'s
+    note once, in order; a run without its own ``machine`` gets its file's, unless that file was
+    itself a merge (whose machine is only where it was merged). ``error`` is called with a one-line message (``argparse``'s
     ``parser.error``) for a file it cannot use."""
     runs, notes = [], []
     for path in paths:
@@ -106,6 +107,8 @@ def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
             error(f"--merge needs {os.path.splitext(script)[0]}.json files written by {script}; {path}: {e!r}")
         for r in file_runs:
             r.setdefault("command", f"python benchmarks/{script} {shlex.join(argv)}")
+            if "--merge" not in argv and isinstance(doc.get("machine"), dict):
+                r.setdefault("machine", doc["machine"])  # a file a run wrote names the run's machine
             runs.append(r)
         notes += [n for n in file_notes if n not in notes]
     return runs, notes
@@ -124,11 +127,21 @@ def merged_results(args, script: str, error) -> list | None:
     return runs
 
 
+def machine_line(runs: list, here: dict) -> str:
+    """The results file's machine line: ``Machine: ...`` when every run ran on ``here`` (this
+    process's machine); otherwise (a ``--merge`` of runs made elsewhere, or with other XLA flags)
+    where the file was written, and where to find each run's own machine."""
+    if all(r.get("machine") == here for r in runs):
+        return f"Machine: {here}"
+    return (f"Written on: {here}. The runs were made elsewhere or with other XLA flags: each run's machine is "
+            f"its `machine` in the JSON (where recorded), its XLA flags are in its command.")
+
+
 def write_results(out: str, name: str, title: str, script: str, runs: list, table: str, notes=()) -> str:
     """Atomically write ``out/name.json`` (machine, command, runs, notes) and ``out/name.md`` (title,
     machine, command, ``table``, notes); return the markdown."""
     result = {"machine": machine(), "argv": sys.argv[1:], "runs": runs, "notes": list(notes)}
-    md = (f"# {title}\n\nMachine: {result['machine']}\n\n"
+    md = (f"# {title}\n\n{machine_line(runs, result['machine'])}\n\n"
           f"Command: `{command(script)}`\n\n{table}\n")
     if notes:
         md += "\nNotes:\n\n" + "".join(f"* {n}\n" for n in notes)

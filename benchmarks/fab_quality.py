@@ -44,8 +44,8 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train.fab import PUBLISHED_FAB, fab
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_results_options, command, export_flow, flow_sizes, merged_results,  # noqa: E402
-                    size_label, write_results)
+from common import (add_results_options, command, export_flow, flow_sizes, machine,  # noqa: E402
+                    merged_results, size_label, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PUBLISHED_ESS = {("dw4", "spherical"): 0.8, ("lj13", "spherical"): 0.6}
@@ -89,7 +89,8 @@ def run_one(target_name, projection, seed, args) -> dict:
                                                                         "train_wall_s": history["time"][-1],
                                                                         "n_params": flow.n_params()}})
     return {"target": target_name, "projection": projection, "seed": seed, "iterations": history["iteration"][-1],
-            "command": command("fab_quality.py"), "n_devices": jax.device_count() if args.data_parallel else 1,
+            "command": command("fab_quality.py"), "machine": machine(),
+            "n_devices": jax.device_count() if args.data_parallel else 1,
             "batch_size": batch, "n_params": flow.n_params(), "flow_config": flow.config,
             "train_wall_s": history["time"][-1], "session_wall_s": train_s,
             "buffer_fill_s": (history.get("fill_time") or [0.0])[0],

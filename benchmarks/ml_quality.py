@@ -42,8 +42,8 @@ from eacf_lab.evaluate import evaluate
 from eacf_lab.train import ml
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (add_results_options, command, export_flow, flow_sizes, merged_results,  # noqa: E402
-                    size_label, write_results)
+from common import (add_results_options, command, export_flow, flow_sizes, machine,  # noqa: E402
+                    merged_results, size_label, write_results)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 COLUMNS = ("nll", "joint_nll", "reverse_ess", "forward_ess", "kl_estimate")
@@ -98,7 +98,7 @@ def run_one(target, projection, seed, args) -> dict:
     return {"target": target, "projection": projection, "seed": seed, "epochs": epochs, "steps": cost["steps"],
             "n_params": cost["n_params"], "flow_config": flow.config, "train_wall_s": cost["train_wall_s"],
             "session_wall_s": session_s, "steps_per_s": cost["steps_per_s"], "eval_wall_s": time.perf_counter() - t0,
-            "command": run_command, **final}
+            "command": run_command, "machine": machine(), **final}
 
 
 def _setting(r) -> tuple:

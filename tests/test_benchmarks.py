@@ -98,6 +98,25 @@ def test_merge_combines_results_files_and_their_notes_and_refuses_foreign_ones(t
     assert json.loads((again / "fab_quality.json").read_text())["notes"] == ["new"]
     with pytest.raises(SystemExit):
         ml_quality.main(["--drop-notes", "--out", str(again)])
+
+    # each run keeps the machine it ran on: from its own record, else from the file a run wrote;
+    # a merged file's machine is only where it was merged, and names no run's machine
+    here, there = common.machine(), dict(common.machine(), n_devices=2, xla_flags="--other")
+    made_there = tmp_path / "there.json"
+    made_there.write_text(json.dumps({"machine": there, "argv": [], "runs": [run("dw4", "spherical", 0, 9.0)]}))
+    merged_there = tmp_path / "merged_there.json"
+    merged_there.write_text(json.dumps({"machine": there, "argv": ["--merge", "x.json"],
+                                        "runs": [run("dw4", "none", 0, 12.3)]}))
+    own = dict(run("dw4", "vector", 0, 9.2), machine=here)
+    mixed = tmp_path / "mixed"
+    ml_quality.main(["--merge", str(made_there), str(merged_there), str(b), "--out", str(mixed)])
+    assert [r.get("machine") for r in json.loads((mixed / "ml_quality.json").read_text())["runs"]] == [there, None, None]
+    md = (mixed / "ml_quality.md").read_text()
+    assert f"Written on: {here}." in md and "Machine:" not in md
+    b.write_text(json.dumps({"argv": [], "runs": [own], "machine": there}))
+    ml_quality.main(["--merge", str(b), "--out", str(mixed)])
+    assert json.loads((mixed / "ml_quality.json").read_text())["runs"][0]["machine"] == here  # its own record wins
+    assert f"Machine: {here}\n" in (mixed / "ml_quality.md").read_text()
     assert "error: --drop-notes needs --merge" in capsys.readouterr().err
 
     def error(message):
