@@ -6,7 +6,7 @@
 
   a lower bound in expectation (Jensen) that tightens as ``M`` grows; the paper uses M = 20.
 * Reverse ESS from flow samples, ``w = p~(x) pi(a|x) / q(x, a)``:
-  ``ESS = (sum w)^2 / (N sum w^2)``.
+  ``ESS = (sum w)^2 / (N sum w^2)``, with a delta-method standard error ``reverse_ess_se``.
 * Forward ESS from target samples, ``ESS = 1 / (mean(w) mean(1 / w))``.
 
 * Self-normalised importance sampling ``snis(f, log_w)``: ``E_p[f] ~= sum_i wbar_i f_i`` with a
@@ -26,7 +26,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 
-__all__ = ["marginal_log_prob", "reverse_ess", "forward_ess", "snis"]
+__all__ = ["marginal_log_prob", "reverse_ess", "reverse_ess_se", "forward_ess", "snis"]
 
 
 def marginal_log_prob(flow, x, key, n_samples: int = 20):
@@ -57,6 +57,30 @@ def reverse_ess(log_w):
     n = log_w.shape[0]
     ess = jnp.exp(2 * logsumexp(log_w) - logsumexp(2 * log_w) - math.log(n))
     return jnp.where(jnp.isfinite(ess), ess, 0.0)
+
+
+def reverse_ess_se(log_w) -> float:
+    """Delta-method standard error of ``reverse_ess(log_w)``, ``log_w: (N,)`` (NumPy; a float).
+
+    ``ESS / N = A^2 / B`` with ``A = mean w`` and ``B = mean w^2``; to first order its variance
+    is ``g^T C g / N`` with ``g = (2 A / B, -A^2 / B^2)`` and ``C`` the sample covariance of
+    ``(w, w^2)``.  The ratio is scale-free, so ``w`` is taken relative to its largest value.
+    NaN weights count as zero, as in ``reverse_ess``; a ``+inf`` weight gives NaN.  Like any
+    moment-based error bar it is too small when ``N`` is too small to see the weights' tail.
+    """
+    lw = np.asarray(log_w, np.float64)
+    if lw.ndim != 1 or lw.shape[0] < 2:
+        raise ValueError(f"log_w must be a 1-D array of at least 2 weights, got shape {lw.shape}")
+    lw = np.where(np.isnan(lw), -np.inf, lw)
+    if np.isposinf(lw).any():
+        return float("nan")
+    if not np.isfinite(lw).any():
+        return 0.0  # every weight zero: ESS 0 exactly
+    w = np.exp(lw - lw.max())
+    a, b = w.mean(), (w ** 2).mean()
+    g = np.array([2 * a / b, -a ** 2 / b ** 2])
+    var = g @ np.cov(np.stack([w, w ** 2])) @ g / lw.shape[0]
+    return float(np.sqrt(max(var, 0.0)))
 
 
 def forward_ess(log_w):

@@ -5,7 +5,8 @@ Reported (all in nats, per configuration):
 * ``nll``: test NLL ``-mean log q^(x)`` with the marginal estimator of Eq. 21 (M = 20
   draws ``a ~ pi(. | x)``); an upper bound on the true NLL in expectation.
 * ``joint_nll``: ``-mean log q(x, a)`` with one ``a ~ pi(. | x)`` per test point.
-* ``reverse_ess``: from ``n_flow_samples`` flow samples, ``w = p~(x) pi(a | x) / q(x, a)``.
+* ``reverse_ess``: from ``n_flow_samples`` flow samples, ``w = p~(x) pi(a | x) / q(x, a)``,
+  with ``reverse_ess_se``, its delta-method standard error (``estimators.reverse_ess_se``).
 * ``forward_ess``: from the test set with ``a ~ pi(. | x)``, same weights.
 * ``log_z``: ``log mean w`` over the flow samples (importance sampling; ``pi(a | x)`` integrates
   to one, so this estimates ``log Z`` of ``p~``), with ``log_z_se``, the delta-method standard
@@ -29,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
+from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess, reverse_ess_se
 
 __all__ = ["evaluate", "pair_distances", "histogram", "data_point_terms", "flow_sample_terms", "in_chunks",
            "data_terms_in_chunks", "flow_terms_in_chunks"]
@@ -124,9 +125,9 @@ def evaluate(flow, target, test_data, *, key, n_flow_samples=10_000, n_marginal=
         n_bins: bins of the energy and distance histograms.
 
     Returns a JSON-able dict: ``nll``, ``nll_se``, ``joint_nll``, ``reverse_ess``,
-    ``forward_ess``, ``log_z``, ``log_z_se``, ``mean_energy_test``, ``mean_energy_model``,
-    ``entropy_p``, ``kl_estimate``, ``frac_nonfinite_samples``, counts, and the histograms
-    ``energy_hist`` and ``distance_hist`` (see :func:`histogram`).
+    ``reverse_ess_se``, ``forward_ess``, ``log_z``, ``log_z_se``, ``mean_energy_test``,
+    ``mean_energy_model``, ``entropy_p``, ``kl_estimate``, ``frac_nonfinite_samples``, counts,
+    and the histograms ``energy_hist`` and ``distance_hist`` (see :func:`histogram`).
     """
     test = np.asarray(test_data, dtype=np.float32)
     if test.ndim != 3 or test.shape[1:] != (flow.n_nodes, flow.dim):
@@ -155,6 +156,7 @@ def evaluate(flow, target, test_data, *, key, n_flow_samples=10_000, n_marginal=
         "nll_se": float(np.std(marg) / math.sqrt(n)),
         "joint_nll": float(-np.mean(joint)),
         "reverse_ess": ess_rev,
+        "reverse_ess_se": reverse_ess_se(log_w_rev),
         "forward_ess": float(forward_ess(jnp.asarray(log_w_fwd))),
         "log_z": log_z,
         "log_z_se": log_z_se,

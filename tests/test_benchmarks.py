@@ -188,6 +188,9 @@ def test_fab_quality_table_tells_runs_of_one_flow_apart_and_judges_the_goal():
     assert ("| dw4 | spherical | 3 x 16 | 76,800 | 0 | 5400 | 7100 | 2 | 0.761 | 52.0 % | 30.0 % | 40.0 % | 7.900 "
             "| ~80 % |") in md
     assert "| dw4 | spherical | 3 x 24 | 172,800 | 0 | 5400 | 7000 | 2 | 0.771 | 45.0 % |" in md
+    # a run with the standard error of its final ESS shows it, in the row and in the verdict
+    md = fab_quality.table([dict(fab_run(5400, 2, 0.493, 6936.0), reverse_ess_se=0.012)])
+    assert "| 0.779 | 49.3 ± 1.2 % |" in md and "missed (49.3 ± 1.2 % after 116 min)." in md
 
 
 def test_fab_quality_stop_at_ends_runs_early_on_the_full_schedule(tmp_path, monkeypatch, capsys):
