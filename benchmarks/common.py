@@ -89,8 +89,8 @@ def merge_runs(paths: list, script: str, error) -> tuple[list, list]:
     """The runs and notes of several results files that ``benchmarks/<script>`` wrote (e.g. runs
     made side by side in separate processes): each run tagged with the command that made it, each
     note once, in order; a run without its own ``machine`` gets its file's, unless that file was
-    itself a merge (whose machine is only where it was merged). ``error`` is called with a one-line message (``argparse``'s
-    ``parser.error``) for a file it cannot use."""
+    itself a merge (whose machine is only where it was merged). ``error`` is called with a
+    one-line message (``argparse``'s ``parser.error``) for a file it cannot use."""
     runs, notes = [], []
     for path in paths:
         try:

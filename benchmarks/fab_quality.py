@@ -79,8 +79,8 @@ def run_one(target_name, projection, seed, args) -> dict:
     flow, history = fab(flow, target, callback=stop_on_deadline, **kw)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    m = evaluate(flow, target, test, key=jax.random.key(seed + 2), n_flow_samples=64 if args.smoke else args.n_final_samples,
-                 n_marginal=2 if args.smoke else 20)
+    m = evaluate(flow, target, test, key=jax.random.key(seed + 2),
+                 n_flow_samples=64 if args.smoke else args.n_final_samples, n_marginal=2 if args.smoke else 20)
     curve = {k: history[k] for k in history if k.startswith("eval_")}
     curve["eval_time"] = [float(np.interp(i, history["iteration"], history["time"])) for i in history["eval_iteration"]]
     final = {k: v for k, v in m.items() if not isinstance(v, dict)}

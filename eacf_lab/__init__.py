@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from eacf_lab import checkpoint, data, geometry, pretrained, projections, targets, testing, train
 from eacf_lab.checkpoint import load, save
-from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess
+from eacf_lab.estimators import forward_ess, marginal_log_prob, reverse_ess, reverse_ess_se
 from eacf_lab.factory import flow_from_config, make_flow
 from eacf_lab.flow import AugmentedFlow
 from eacf_lab.geometry import (aug_gaussian_log_prob, center_of_mass, random_permutation, random_rotation,
@@ -22,7 +22,8 @@ from eacf_lab.geometry import (aug_gaussian_log_prob, center_of_mass, random_per
 from eacf_lab.shift_com import shift_com
 
 __all__ = [
-    "AugmentedFlow", "make_flow", "flow_from_config", "marginal_log_prob", "reverse_ess", "forward_ess",
+    "AugmentedFlow", "make_flow", "flow_from_config", "marginal_log_prob", "reverse_ess", "reverse_ess_se",
+    "forward_ess",
     "random_rotation", "random_permutation", "remove_com", "center_of_mass", "zero_com_gaussian_log_prob",
     "sample_zero_com_gaussian", "aug_gaussian_log_prob", "shift_com", "save", "load",
     "checkpoint", "data", "geometry", "pretrained", "projections", "targets", "testing", "train",

@@ -98,6 +98,7 @@ def test_merge_combines_results_files_and_their_notes_and_refuses_foreign_ones(t
     assert json.loads((again / "fab_quality.json").read_text())["notes"] == ["new"]
     with pytest.raises(SystemExit):
         ml_quality.main(["--drop-notes", "--out", str(again)])
+    assert "error: --drop-notes needs --merge" in capsys.readouterr().err
 
     # each run keeps the machine it ran on: from its own record, else from the file a run wrote;
     # a merged file's machine is only where it was merged, and names no run's machine
@@ -117,7 +118,6 @@ def test_merge_combines_results_files_and_their_notes_and_refuses_foreign_ones(t
     ml_quality.main(["--merge", str(b), "--out", str(mixed)])
     assert json.loads((mixed / "ml_quality.json").read_text())["runs"][0]["machine"] == here  # its own record wins
     assert f"Machine: {here}\n" in (mixed / "ml_quality.md").read_text()
-    assert "error: --drop-notes needs --merge" in capsys.readouterr().err
 
     def error(message):
         raise SystemExit(message)
