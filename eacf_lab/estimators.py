@@ -68,10 +68,9 @@ def reverse_ess_se(log_w) -> float:
     NaN weights count as zero, as in ``reverse_ess``; a ``+inf`` weight gives NaN.  Like any
     moment-based error bar it is too small when ``N`` is too small to see the weights' tail.
     """
-    lw = np.asarray(log_w, np.float64)
-    if lw.ndim != 1 or lw.shape[0] < 2:
+    lw = np.asarray(_clean(log_w), np.float64)  # the checks and NaN handling of reverse_ess
+    if lw.shape[0] < 2:
         raise ValueError(f"log_w must be a 1-D array of at least 2 weights, got shape {lw.shape}")
-    lw = np.where(np.isnan(lw), -np.inf, lw)
     if np.isposinf(lw).any():
         return float("nan")
     if not np.isfinite(lw).any():
