@@ -168,6 +168,21 @@ def test_notebooks_are_committed_without_outputs():
     assert not dirty, "clear outputs before committing:\n" + "\n".join(dirty)
 
 
+def test_code_and_notebooks_pass_pyflakes_checks():
+    """No unused imports or names, undefined names or syntax errors (ruff's F and E9 rules), in the
+    library, the tests, the benchmarks, the scripts and the notebooks (ruff reads .ipynb cells)."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("ruff") is None:
+        pytest.skip("ruff is not installed (it comes with the test extra: pip install -e .[test])")
+    paths = ["eacf_lab", "tests", "benchmarks", "scripts", "notebooks"]
+    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--select", "F,E9",
+                        "--output-format", "concise", *paths], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, f"ruff check --select F,E9 {' '.join(paths)}:\n{r.stdout}{r.stderr}"
+
+
 def test_readme_binder_badge_and_binder_environment():
     """README links Binder to JupyterLab on notebooks/; Binder gets JupyterLab 4, ipywidgets 8, nglview 3.1.4, CPU jax."""
     readme = (ROOT / "README.md").read_text()
