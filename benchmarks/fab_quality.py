@@ -72,7 +72,8 @@ def run_one(target_name, projection, seed, args) -> dict:
     kw = dict(key=jax.random.key(seed + 1), n_iterations=iterations, batch_size=batch,
               n_intermediate=pub["n_intermediate"], aux_weight=pub["aux_weight"], init_step_size=args.step_size,
               buffer_min_batches=4 if args.smoke else 64, buffer_max_batches=8 if args.smoke else 512,
-              n_updates=4 if args.smoke else 8, peak_lr=args.lr, test_data=test, eval_every=args.eval_every,
+              n_updates=4 if args.smoke else 8, peak_lr=args.lr, end_lr=args.end_lr,
+              ema_decay=args.ema_decay, test_data=test, eval_every=args.eval_every,
               n_eval_samples=64 if args.smoke else args.n_eval_samples, n_marginal=2 if args.smoke else 20,
               progress=not args.smoke, checkpoint_path=path, checkpoint_every=args.eval_every, resume=True,
               devices="all" if args.data_parallel else None, stop_at_iteration=args.stop_at)
@@ -162,6 +163,8 @@ def main(argv=None):
     p.add_argument("--n-blocks", type=int, help="override the 12 blocks")
     p.add_argument("--size", type=int, help="set n_invariant, mlp_width, egnn_hidden, transformer_size")
     p.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    p.add_argument("--end-lr", type=float, default=2e-5, help="final learning rate (default 2e-5)")
+    p.add_argument("--ema-decay", type=float, help="average the parameters with this decay (default: no averaging)")
     p.add_argument("--step-size", type=float, default=0.05, help="initial HMC step size")
     p.add_argument("--eval-every", type=int, default=50, help="iterations between evaluations (and checkpoints)")
     p.add_argument("--n-eval-samples", type=int, default=2048, help="flow samples per evaluation")

@@ -189,7 +189,8 @@ def cmd_fab(args):
             batch_size=batch, n_intermediate=n_inter, aux_weight=aux, init_step_size=args.step_size,
             buffer_min_batches=args.buffer_min or quick.get("buffer_min", 64),
             buffer_max_batches=args.buffer_max or quick.get("buffer_max", 512), n_updates=args.n_updates,
-            peak_lr=args.lr, test_data=test, eval_every=args.eval_every, n_eval_samples=args.n_eval_samples,
+            peak_lr=args.lr, end_lr=args.end_lr, ema_decay=args.ema_decay, test_data=test,
+            eval_every=args.eval_every, n_eval_samples=args.n_eval_samples,
             progress=not args.no_progress, checkpoint_path=ckpt, resume=True,
             stop_at_iteration=args.stop_at_iteration, extra_config=extra,
             devices="all" if args.data_parallel else None)
@@ -260,6 +261,16 @@ def _machine():
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, jax {jax.__version__} ({jax.default_backend()})"
 
 
+def _open_unit(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {s!r}") from None
+    if not 0 < v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1), got {s!r}")
+    return v
+
+
 def _positive(s):
     try:
         v = int(s)
@@ -322,6 +333,10 @@ def build_parser():
     f.add_argument("--buffer-max", type=_positive, help="buffer capacity in batches (default 512)")
     f.add_argument("--step-size", type=float, default=0.05, help="initial HMC step size (default 0.05)")
     f.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (default 2e-4)")
+    f.add_argument("--end-lr", type=float, default=2e-5, help="final learning rate of the cosine decay (default 2e-5)")
+    f.add_argument("--ema-decay", type=_open_unit,
+                   help="keep a moving average of the parameters with this decay in (0, 1), e.g. 0.999; "
+                        "it is evaluated and saved (default: none, as published)")
     f.add_argument("--aux-weight", type=float, help="collinearity-loss weight (default: DW4 0, LJ13 10)")
     f.add_argument("--eval-every", type=_positive, help="iterations between evaluations (default: 20 per run)")
     f.add_argument("--n-eval-samples", type=_positive, default=1024, help="flow samples / AIS chains per evaluation")

@@ -56,6 +56,7 @@ def test_train_eval_sample(tmp_path, capsys):
     (["frobnicate"], "invalid choice"),
     (["fab", "dw4", "--out", "x", "--iterations", "0"], "positive integer"),
     (["fab", "qm9", "--out", "x"], "invalid choice"),
+    (["fab", "dw4", "--out", "x", "--ema-decay", "1"], "expected a number in (0, 1)"),
     (["eval", "dw4-ecnf"], "E-CNF baseline"),
 ])
 def test_bad_arguments_one_line_exit_2(argv, match, capsys):

@@ -14,6 +14,7 @@ import eacf_lab as el
 from eacf_lab.geometry import zero_com_gaussian_log_prob
 from eacf_lab.train import buffer as replay
 from eacf_lab.train.ais import ais, betas
+from eacf_lab.train.ema import ema_decay_at, ema_init, ema_update
 from eacf_lab.train.fab import ais_pass, evaluate_fab, fab, fab_loss
 from eacf_lab.train.hmc import adapt_step_size, hmc_point, hmc_step
 
@@ -292,6 +293,17 @@ SMOKE_CHILD = textwrap.dedent(r"""
     out.update(seen=seen, resumed_iterations=h2["iteration"], resumed_loss=h2["loss"],
                resumed_equal=all(np.array_equal(p, q) for p, q in zip(leaves(flow), leaves(resumed))),
                method=el.load(path)[1]["config"]["train"]["method"])
+    # with a parameter average: stopped at 3 and resumed = uninterrupted; the average is returned
+    kw_e = dict(kw, n_iterations=6, eval_every=6, ema_decay=0.9)
+    avg, _ = fab(flow0, target, **kw_e)
+    path_e = sys.argv[1] + "/fab-ema.eqx"
+    fab(flow0, target, checkpoint_path=path_e, stop_at_iteration=3, **kw_e)
+    avg_resumed, _ = fab(flow0, target, checkpoint_path=path_e, resume=True, **kw_e)
+    live = el.load(path_e)[0]  # the checkpoint's flow: the live parameters
+    dist = lambda f, g: float(np.sqrt(sum(np.sum((p - q) ** 2) for p, q in zip(leaves(f), leaves(g)))))
+    out.update(ema_resumed_equal=all(np.array_equal(p, q) for p, q in zip(leaves(avg), leaves(avg_resumed))),
+               ema_to_live=dist(avg, live), live_to_init=dist(live, flow0), ema_to_init=dist(avg, flow0),
+               ema_decay_saved=el.load(path_e)[1]["config"]["train"]["ema_decay"])
     print("RESULT " + json.dumps(out, default=float))
 """)
 
@@ -314,6 +326,31 @@ def test_fab_smoke_run_improves_ess_and_resumes_exactly(tmp_path):
     assert r["resumed_iterations"] == list(range(1, 17))
     assert r["resumed_equal"] and r["resumed_loss"] == r["loss"]
     assert r["method"] == "fab"
+    # ema_decay: the returned flow is the average, not the live flow, and resumes exactly; after
+    # 24 steps with the warm-up decay (<= 0.73) it sits near the end of the trajectory, not the start
+    assert r["ema_resumed_equal"] and r["ema_decay_saved"] == 0.9
+    assert 0 < r["ema_to_live"] < 0.5 * r["live_to_init"], r
+    assert r["ema_to_init"] > 0.5 * r["live_to_init"], r
+
+
+def test_ema_update_matches_the_recursion_by_hand():
+    """``ema_t = d_t ema_{t-1} + (1 - d_t) p_t`` with ``d_t = min(decay, (1 + t) / (10 + t))``."""
+    params = {"w": jnp.zeros((2,)), "b": jnp.asarray(1.0)}
+    state = ema_init(params)
+    expect_w, expect_b = np.zeros(2), 1.0
+    for t in range(30):
+        p = {"w": jnp.asarray([t, -2.0 * t]), "b": jnp.asarray(1.0 + t)}
+        state = ema_update(state, p, 0.8)
+        d = min(0.8, (1 + t) / (10 + t))
+        expect_w, expect_b = d * expect_w + (1 - d) * np.array([t, -2.0 * t]), d * expect_b + (1 - d) * (1.0 + t)
+        assert float(ema_decay_at(t, 0.8)) == pytest.approx(d, rel=1e-6)
+    assert int(state["count"]) == 30
+    np.testing.assert_allclose(np.asarray(state["params"]["w"]), expect_w, rtol=1e-5)
+    assert float(state["params"]["b"]) == pytest.approx(expect_b, rel=1e-5)
+    assert state["params"]["w"].dtype == params["w"].dtype
+    # the warm-up: the first step keeps only a tenth of the initial value; late steps use ``decay``
+    assert float(ema_decay_at(0, 0.999)) == pytest.approx(0.1)
+    assert float(ema_decay_at(10**6, 0.999)) == pytest.approx(0.999)
 
 
 def test_fab_bad_arguments():
@@ -326,6 +363,9 @@ def test_fab_bad_arguments():
         fab(flow, el.targets.DW4(), key=jax.random.key(0), n_iterations=1, buffer_min_batches=4, n_updates=8)
     with pytest.raises(ValueError, match="test_data"):
         fab(flow, el.targets.DW4(), key=jax.random.key(0), n_iterations=1, test_data=np.zeros((3, 5, 2)))
+    for bad in (1.0, 0.0, -0.5, True, "0.9"):
+        with pytest.raises(ValueError, match="ema_decay must be None"):
+            fab(flow, el.targets.DW4(), key=jax.random.key(0), n_iterations=1, ema_decay=bad)
 
 
 def test_evaluate_fab_metrics_are_fractions():

@@ -25,7 +25,9 @@ distributions, 14,000 iterations; buffer 64 -> 512 batches; 8 updates per AIS pa
 
 ``fab(...)`` runs the loop with a tqdm bar, periodic evaluation (reverse ESS of the flow,
 ESS of AIS towards ``p``, forward ESS and NLL on test data), a callback hook, and checkpoints
-from which a run resumes on exactly the same trajectory.
+from which a run resumes on exactly the same trajectory.  With ``ema_decay`` it also keeps an
+exponential moving average of the parameters (``ema.py``; not in the paper): AIS and the
+gradient steps use the live flow, the evaluations and the returned flow are the average.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from eacf_lab.evaluate import data_terms_in_chunks
 from eacf_lab.train import buffer as replay
 from eacf_lab.train import parallel
 from eacf_lab.train.ais import ais
+from eacf_lab.train.ema import check_ema_decay, ema_init, ema_update
 from eacf_lab.train.hmc import adapt_step_size
 from eacf_lab.train.ml import json_roundtrip
 from eacf_lab.train.optim import mask_bad_examples, robust_adam, warmup_cosine_schedule
@@ -101,33 +104,38 @@ def _store(buf, step_sizes, res):
 
 
 @eqx.filter_jit
-def _updates(flow, opt_state, buf, key, optimizer, settings, mesh=None):
+def _updates(flow, opt_state, buf, key, optimizer, settings, mesh=None, ema=None):
     """Steps 2-3: ``n_updates`` gradient steps on distinct buffer draws, then re-adjustment.
-    ``mesh``: every minibatch is split across its devices (the loss's mean becomes an all-reduce)."""
+    ``mesh``: every minibatch is split across its devices (the loss's mean becomes an all-reduce).
+    ``ema``: the parameter average (``ema.py``, decay ``settings["ema_decay"]``), folded in after
+    every step; returned updated as a fifth value (``None`` when off)."""
     s = dict(settings)
     b, m = s["batch_size"], s["n_updates"]
     x, a, _, log_q_old, index = replay.sample(buf, key, b * m)
     params, static = eqx.partition(flow, eqx.is_inexact_array)
 
     def update(carry, batch):
-        params, opt_state = carry
+        params, opt_state, ema = carry
         xb, ab, lqb = batch
         loss_fn = lambda p: fab_loss(eqx.combine(p, static), xb, ab, lqb, alpha=s["alpha"],  # noqa: E731
                                      w_adj_clip=s["w_adj_clip"], aux_weight=s["aux_weight"])
         (loss, (_, aux, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
-        return (params, opt_state), (loss, aux, opt_state.last_norm, opt_state.last_skipped)
+        if ema is not None:
+            ema = ema_update(ema, params, s["ema_decay"])
+        return (params, opt_state, ema), (loss, aux, opt_state.last_norm, opt_state.last_skipped)
 
     split = lambda t: t.reshape((m, b) + t.shape[1:])  # noqa: E731
     minibatches = parallel.constrain_batch((split(x), split(a), split(log_q_old)), mesh, axis=1)
-    (params, opt_state), (loss, aux, norms, skipped) = jax.lax.scan(update, (params, opt_state), minibatches)
+    (params, opt_state, ema), (loss, aux, norms, skipped) = jax.lax.scan(update, (params, opt_state, ema),
+                                                                          minibatches)
     flow = eqx.combine(params, static)
     log_q_new = jax.vmap(flow.log_prob)(*parallel.constrain_batch((x, a), mesh))
     buf = replay.adjust(buf, index, log_q_new, s["alpha"])
     stats = dict(loss=jnp.mean(loss), aux=jnp.mean(aux), grad_norm=jnp.mean(norms), skipped=jnp.sum(skipped),
                  buffer_count=buf.count)
-    return flow, opt_state, buf, stats
+    return flow, opt_state, buf, stats, ema
 
 
 def _dtype(flow):
@@ -174,7 +182,7 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         aux_weight=0.0, peak_lr=2e-4, init_lr=2e-5, end_lr=2e-5, warmup_fraction=0.05, test_data=None,
         eval_every=None, n_eval_samples=1024, n_marginal=20, callback=None, progress=True,
         checkpoint_path=None, checkpoint_every=None, resume=False, stop_at_iteration=None, extra_config=None,
-        devices=None):
+        devices=None, ema_decay=None):
     """Train ``flow`` on ``target`` with FAB (see the module docstring for the algorithm).
 
     Arguments:
@@ -202,6 +210,11 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
             the AIS chains and every minibatch are split across the devices (``batch_size``
             divisible by their number); parameters, optimizer state and buffer are replicated.
             Each chain has its own key, so only float rounding depends on the device count.
+        ema_decay: ``None`` (default, as published) or a decay in ``(0, 1)``, e.g. 0.999: keep an
+            exponential moving average of the parameters over the gradient steps (``ema.py``).
+            AIS and the updates use the live flow (the per-iteration ``flow_ess`` is the live
+            flow's); the evaluations and the returned flow are the average. A checkpoint holds
+            the live flow and, in its train state, the average (``"ema"``).
 
     Returns ``(flow, history)``: ``history`` has one entry per iteration for ``FAB_HISTORY_KEYS``
     and ``eval_iteration`` / ``eval_<metric>`` lists for the evaluations.
@@ -219,6 +232,7 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
                          f"{n_updates}, {buffer_min_batches}, {buffer_max_batches}")
     if not (init_step_size > 0 and alpha > 0 and w_adj_clip > 0):
         raise ValueError("init_step_size, alpha and w_adj_clip must be > 0")
+    check_ema_decay(ema_decay)
     if resume and checkpoint_path is None:
         raise ValueError("resume=True needs a checkpoint_path")
     mesh = parallel.mesh_for_training(devices, batch_size)
@@ -230,6 +244,8 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     optimizer = _optimizer(n_steps, init_lr, peak_lr, end_lr, min(int(warmup_fraction * n_steps), n_steps - 1))
     settings = dict(batch_size=batch_size, n_intermediate=n_intermediate, alpha=float(alpha), n_leapfrog=n_leapfrog,
                     n_updates=n_updates, w_adj_clip=float(w_adj_clip), aux_weight=float(aux_weight))
+    if ema_decay is not None:  # only then: checkpoints of runs without averaging keep their settings
+        settings["ema_decay"] = float(ema_decay)
     train_cfg = dict(settings, n_iterations=n_iterations, init_step_size=float(init_step_size),
                      buffer_min_batches=buffer_min_batches, buffer_max_batches=buffer_max_batches,
                      init_lr=init_lr, peak_lr=peak_lr, end_lr=end_lr, warmup_fraction=warmup_fraction,
@@ -246,6 +262,8 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
                  buffer=replay.init(buffer_max_batches * batch_size, flow.n_nodes, flow.dim, flow.n_aug, dtype),
                  step_sizes=jnp.full((n_intermediate,), init_step_size, dtype),
                  iteration=jnp.zeros((), jnp.int32), key_iter=key_iter, key_eval=key_eval)
+    if ema_decay is not None:
+        state["ema"] = ema_init(eqx.filter(flow, eqx.is_inexact_array))
     eval_keys = EVAL_KEYS if test is not None else EVAL_KEYS[:2]
     history = {k: [] for k in FAB_HISTORY_KEYS + ("eval_iteration",) + tuple("eval_" + k for k in eval_keys)}
     history["fill_time"] = []
@@ -257,9 +275,14 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
         flow, info = checkpoint.load(checkpoint_path, train_state_like=state)
         state, history = info["train_state"], info["metrics"]["history"]
 
-    buf, step_sizes, opt_state = state["buffer"], state["step_sizes"], state["opt_state"]
+    buf, step_sizes, opt_state, ema = state["buffer"], state["step_sizes"], state["opt_state"], state.get("ema")
     if mesh is not None:
-        flow, buf, step_sizes, opt_state = parallel.replicate((flow, buf, step_sizes, opt_state), mesh)
+        flow, buf, step_sizes, opt_state, ema = parallel.replicate((flow, buf, step_sizes, opt_state, ema), mesh)
+
+    def averaged():
+        """The flow the evaluations see and ``fab`` returns: the average when on, else the live flow."""
+        return flow if ema is None else eqx.combine(ema["params"], flow)
+
     it0 = int(state["iteration"])
     t_offset = history["time"][-1] if history["time"] else 0.0
     t0 = time.perf_counter()
@@ -285,14 +308,16 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     def save(iteration):
         ts = dict(state, opt_state=opt_state, buffer=buf, step_sizes=step_sizes,
                   iteration=jnp.asarray(iteration, jnp.int32))
+        if ema is not None:
+            ts["ema"] = ema
         if jax.process_index() == 0:  # several hosts: one writer (use shared storage)
             checkpoint.save(checkpoint_path, parallel.to_local(flow), config, {"history": history},
                             train_state=parallel.to_local(ts))
 
     def run_eval(iteration):
-        m = evaluate_fab(flow, target, key=jax.random.fold_in(state["key_eval"], iteration), step_sizes=step_sizes,
-                         n_samples=n_eval_samples, test_data=test, n_marginal=n_marginal, n_leapfrog=n_leapfrog,
-                         chunk_size=batch_size, mesh=mesh)
+        m = evaluate_fab(averaged(), target, key=jax.random.fold_in(state["key_eval"], iteration),
+                         step_sizes=step_sizes, n_samples=n_eval_samples, test_data=test, n_marginal=n_marginal,
+                         n_leapfrog=n_leapfrog, chunk_size=batch_size, mesh=mesh)
         history["eval_iteration"].append(iteration)
         for k in eval_keys:
             history["eval_" + k].append(m[k])
@@ -302,7 +327,8 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     for it in range(it0, stop):
         k_ais, k_draw = jax.random.split(jax.random.fold_in(state["key_iter"], it))
         buf, step_sizes, stats = ais_and_store(flow, buf, step_sizes, k_ais)
-        flow, opt_state, buf, stats_u = _updates(flow, opt_state, buf, k_draw, optimizer, static_settings, mesh)
+        flow, opt_state, buf, stats_u, ema = _updates(flow, opt_state, buf, k_draw, optimizer, static_settings, mesh,
+                                                      ema)
         row = {k: float(v) for k, v in parallel.to_local({**stats, **stats_u}).items()}
         row.update(iteration=it + 1, time=t_offset + time.perf_counter() - t0)
         for k in FAB_HISTORY_KEYS:
@@ -320,4 +346,4 @@ def fab(flow, target, *, key, n_iterations, batch_size=128, n_intermediate=2, al
     bar.close()
     if checkpoint_path is not None and stop > it0:
         save(stop)
-    return flow, history
+    return averaged(), history
